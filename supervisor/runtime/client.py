@@ -1,0 +1,260 @@
+"""The runtime's public API: start containers from specs and hold handles on them.
+
+>>> rt = Runtime()
+>>> c = rt.start(ContainerSpec(name="hello", command=["/bin/echo", "hi"]))
+>>> c.wait(timeout=5).exit_code
+0
+>>> rt.close()
+
+Creating a Runtime makes the calling process a child subreaper: container inits become
+its children once their launcher exits, so their exact exit status comes back here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import replace
+
+from ..linux import libc
+from ..model.idranges import IdRanges
+from .errors import LaunchError
+from .reaper import DEFAULT_REAPER, Reaper
+from .spec import ID_RANGE_SIZE, ContainerSpec, IdMapping, validate
+from .status import ExitStatus, read_exit_file
+
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_ZYGOTE_CODE = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from supervisor.runtime.zygote import main; main(int(sys.argv[2]))"
+)
+
+
+class Container:
+    """A handle on a started container: its init's host pid and a pidfd to it."""
+
+    def __init__(self, spec: ContainerSpec, pid: int, *, exit_file: str | None = None,
+                 reaper: Reaper = DEFAULT_REAPER, report: socket.socket | None = None):
+        self.spec = spec
+        self.name = spec.name
+        self.pid = pid
+        self.exit_file = exit_file
+        self.started_at = time.time()
+        self._reaper = reaper
+        self._report = report  # open only while held before exec (spec.hold)
+        self._status: ExitStatus | None = None
+        self.pidfd: int | None = os.pidfd_open(pid)
+
+    def __repr__(self) -> str:
+        return f"<Container {self.name} pid={self.pid}>"
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the container's init, which forwards it to the workload."""
+        if self.pidfd is None or self._status is not None:
+            raise ProcessLookupError(f"container {self.name} has exited")
+        signal.pidfd_send_signal(self.pidfd, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the init: the kernel then kills everything in its PID namespace."""
+        with contextlib.suppress(ProcessLookupError):
+            self.signal(signal.SIGKILL)
+
+    def go(self, timeout: float = 10.0) -> None:
+        """Release a container created with ``hold=True``: exec its workload."""
+        if self._report is None:
+            raise RuntimeError(f"container {self.name} is not held")
+        report, self._report = self._report, None
+        try:
+            report.send(json.dumps({"go": True}).encode())
+            _read_report(report, self.spec, timeout, want="ready")
+        except LaunchError:
+            self._settle(timeout)
+            raise
+        finally:
+            report.close()
+
+    def poll(self) -> ExitStatus | None:
+        """The exit status once the container has exited, else None. Never blocks."""
+        if self._status is not None:
+            return self._status
+        try:
+            raw = self._reaper.collect(self.pid)
+        except ChildProcessError:
+            # Not our child (adopted after a restart): the pidfd says when it is gone
+            # and the init's exit file says how.
+            if self.pidfd is not None and select.select([self.pidfd], [], [], 0)[0]:
+                self._status = read_exit_file(self.exit_file) if self.exit_file else None
+                self._status = self._status or ExitStatus(255)
+            return self._status
+        if raw is None:
+            return None
+        status = ExitStatus.from_wait_status(raw, time.time())
+        recorded = read_exit_file(self.exit_file) if self.exit_file else None
+        if recorded is not None and status.signal is None:
+            status = recorded  # same code, with the workload's own signal and time
+        self._status = status
+        return status
+
+    def wait(self, timeout: float | None = None) -> ExitStatus:
+        """Block until the container exits; TimeoutError after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.poll()
+            if status is not None:
+                return status
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"container {self.name} still running after {timeout}s")
+            assert self.pidfd is not None
+            select.select([self.pidfd], [], [], left)
+
+    def close(self) -> None:
+        if self._report is not None:
+            self._report.close()
+            self._report = None
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+    def _settle(self, timeout: float) -> None:
+        """After a failed start: make sure the init is gone and reaped."""
+        if self.poll() is None:
+            with contextlib.suppress(TimeoutError):
+                self.wait(timeout)
+        if self.poll() is None:
+            self.kill()
+            self.wait(timeout)
+        self.close()
+
+
+class Runtime:
+    """Starts containers through a fork server it owns. One per process is enough."""
+
+    def __init__(self, *, reaper: Reaper = DEFAULT_REAPER, ids: IdRanges | None = None):
+        self.reaper = reaper
+        self.ids = ids or IdRanges(size=ID_RANGE_SIZE)
+        self._lock = threading.Lock()
+        libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        theirs.set_inheritable(True)
+        self._zygote_pid = os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-S", "-c", _ZYGOTE_CODE, _PACKAGE_PARENT, str(theirs.fileno())],
+            os.environ | {"PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        theirs.close()
+        self._control: socket.socket | None = ours
+
+    def prepare(self, spec: ContainerSpec) -> ContainerSpec:
+        """The spec as it will run: validated, with id maps filled in for a user namespace."""
+        if "user" in spec.namespaces and spec.uid_map is None:
+            start = self.ids.allocate(spec.name)
+            mapping = (IdMapping(0, start, ID_RANGE_SIZE),)
+            spec = replace(spec, uid_map=mapping, gid_map=spec.gid_map or mapping)
+        elif "user" in spec.namespaces and spec.gid_map is None:
+            spec = replace(spec, gid_map=spec.uid_map)
+        validate(spec)
+        return spec
+
+    def start(self, spec: ContainerSpec, *, stdin: int | None = None,
+              stdout: int | None = None, stderr: int | None = None,
+              exit_file: str | None = None, timeout: float = 10.0) -> Container:
+        """Launch ``spec`` and return once its workload was exec'd (or, with
+        ``spec.hold``, once it is ready to exec: call :meth:`Container.go`).
+
+        Raises SpecError for a bad spec and LaunchError naming the failed step; either
+        way nothing of the container is left behind.
+        """
+        spec = self.prepare(spec)
+        report, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        opened: list[int] = []
+        try:
+            if stdin is None:
+                stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+                opened.append(stdin)
+            fds = {"report": theirs.fileno(), "stdin": stdin,
+                   "stdout": 1 if stdout is None else stdout,
+                   "stderr": 2 if stderr is None else stderr}
+            if exit_file is not None:
+                fds["exit"] = os.open(exit_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                      | os.O_CLOEXEC, 0o600)
+                opened.append(fds["exit"])
+            request = json.dumps({"spec": spec.to_json(), "fds": list(fds)}).encode()
+            with self._lock:
+                if self._control is None:
+                    raise RuntimeError("runtime is closed")
+                socket.send_fds(self._control, [request], list(fds.values()))
+        except BrokenPipeError:
+            report.close()
+            raise LaunchError("fork server is gone; create a new Runtime") from None
+        except BaseException:
+            report.close()
+            raise
+        finally:
+            theirs.close()
+            for fd in opened:
+                os.close(fd)
+        return self._finish_start(spec, report, exit_file, timeout)
+
+    def _finish_start(self, spec: ContainerSpec, report: socket.socket,
+                      exit_file: str | None, timeout: float) -> Container:
+        container = None
+        try:
+            pid = _read_report(report, spec, timeout, want="pid")
+            container = Container(spec, pid, exit_file=exit_file, reaper=self.reaper)
+            _read_report(report, spec, timeout, want="created" if spec.hold else "ready")
+        except BaseException as error:
+            report.close()
+            if container is not None:
+                container._settle(timeout)
+                if isinstance(error, LaunchError) and error.exit_code is None:
+                    error.exit_code = container.poll().exit_code  # type: ignore[union-attr]
+            raise
+        if spec.hold:
+            container._report = report
+        else:
+            report.close()
+        return container
+
+    def close(self) -> None:
+        """Stop the fork server. Running containers are not touched."""
+        with self._lock:
+            if self._control is None:
+                return
+            self._control.close()
+            self._control = None
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self._zygote_pid, 0)
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_report(sock: socket.socket, spec: ContainerSpec, timeout: float, want: str):
+    """Read report messages until ``want`` arrives; LaunchError on an error or EOF."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([sock], [], [], left)[0]:
+            raise LaunchError(f"{spec.name}: no answer from the launcher in {timeout}s",
+                              step="timeout")
+        data = sock.recv(65536)
+        if not data:
+            raise LaunchError(f"{spec.name}: the launcher exited without reporting",
+                              step="unknown")
+        msg = json.loads(data)
+        if "error" in msg:
+            raise LaunchError(f"{spec.name}: {msg['error']}", errno=msg.get("errno", 0),
+                              step=msg.get("step", ""), exit_code=msg.get("exit_code"))
+        if want in msg:
+            return msg[want]

@@ -1,0 +1,198 @@
+"""What a container is made of: the runtime's input, validated before anything is created.
+
+A :class:`ContainerSpec` is plain data. It crosses from the caller to the fork server as
+JSON, so every field is a JSON-friendly type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import resource
+from dataclasses import dataclass, field
+
+from ..linux import caps
+
+NAMESPACES: tuple[str, ...] = ("mount", "uts", "ipc", "pid", "net", "user", "cgroup")
+# The kernel's short names, as /proc/PID/ns/* and lsns spell them.
+NS_PROC_NAME: dict[str, str] = {
+    "mount": "mnt", "uts": "uts", "ipc": "ipc", "pid": "pid", "net": "net", "user": "user",
+    "cgroup": "cgroup",
+}
+
+# Masked and read-only paths, as Docker and runc set them (runtimes.md §1.6, §7 items 16-17).
+MASKED_PATHS: tuple[str, ...] = (
+    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
+    "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS: tuple[str, ...] = (
+    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+)
+DEVICES: tuple[str, ...] = ("null", "zero", "full", "random", "urandom", "tty")
+
+# An unprivileged host id range of this size backs each user namespace.
+ID_RANGE_SIZE = 65536
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+RLIMITS: dict[str, int] = {
+    name[len("RLIMIT_"):].lower(): getattr(resource, name)
+    for name in dir(resource) if name.startswith("RLIMIT_")
+}
+
+
+class SpecError(ValueError):
+    """The spec is wrong; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A bind mount (``source`` set) or a tmpfs (``type="tmpfs"``) inside the container."""
+
+    target: str
+    source: str | None = None
+    type: str = "bind"
+    readonly: bool = False
+    size: int | None = None  # tmpfs size in bytes
+
+
+@dataclass(frozen=True)
+class IdMapping:
+    """One line of /proc/PID/uid_map or gid_map: ``inside outside count``."""
+
+    inside: int
+    outside: int
+    count: int
+
+
+@dataclass
+class ContainerSpec:
+    """Everything the runtime needs to launch one container."""
+
+    name: str
+    command: list[str]
+    rootfs: str = "host"  # a directory, or "host": tmpfs root with the host's /usr etc. ro
+    hostname: str | None = None  # default: name
+    domainname: str | None = None
+    namespaces: tuple[str, ...] = NAMESPACES
+    # None: the runtime allocates a fresh ID_RANGE_SIZE host range (when "user" is set).
+    uid_map: tuple[IdMapping, ...] | None = None
+    gid_map: tuple[IdMapping, ...] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = "/"
+    uid: int = 0
+    gid: int = 0
+    groups: tuple[int, ...] = ()
+    capabilities: tuple[str, ...] = caps.DEFAULT_CAPABILITIES
+    no_new_privs: bool = True
+    rlimits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    mounts: tuple[Mount, ...] = ()
+    readonly_rootfs: bool = False
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # (address, name) lines for /etc/hosts
+    signal_process_group: bool = False  # the init forwards signals to -pgid
+    kill_grace: float = 2.0  # after the workload exits: SIGTERM the rest, SIGKILL after this
+    cgroup_procs: tuple[str, ...] = ()  # cgroup.procs files joined before any namespace
+    hold: bool = False  # stop before exec until the caller says go (to wire networks)
+
+    @property
+    def effective_hostname(self) -> str:
+        return self.hostname or self.name
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ContainerSpec:
+        data = dict(data)
+        data["mounts"] = tuple(Mount(**m) for m in data.get("mounts", ()))
+        for key in ("uid_map", "gid_map"):
+            if data.get(key) is not None:
+                data[key] = tuple(IdMapping(**m) for m in data[key])
+        data["rlimits"] = {k: tuple(v) for k, v in data.get("rlimits", {}).items()}
+        data["extra_hosts"] = tuple(tuple(h) for h in data.get("extra_hosts", ()))
+        for key in ("namespaces", "groups", "capabilities", "cgroup_procs"):
+            data[key] = tuple(data.get(key, ()))
+        return cls(**data)
+
+
+def validate(spec: ContainerSpec) -> None:
+    """Check everything that can be checked before a process exists; SpecError if wrong.
+
+    Paths are checked on the host as they are now (rootfs is a directory, mount sources
+    exist); the launcher re-checks what it opens, so a race only turns into a launch error.
+    """
+    if not _NAME_RE.match(spec.name):
+        raise SpecError(f"name: {spec.name!r} must match {_NAME_RE.pattern}")
+    if not spec.command or not all(isinstance(a, str) and a for a in spec.command):
+        raise SpecError("command: must be a non-empty list of non-empty strings")
+    unknown = set(spec.namespaces) - set(NAMESPACES)
+    if unknown:
+        raise SpecError(f"namespaces: unknown {sorted(unknown)}; known: {list(NAMESPACES)}")
+    if spec.rootfs != "host":
+        if not os.path.isabs(spec.rootfs):
+            raise SpecError(f"rootfs: {spec.rootfs!r} must be an absolute path or \"host\"")
+        if not os.path.isdir(spec.rootfs):
+            raise SpecError(f"rootfs: {spec.rootfs} is not a directory")
+        if "mount" not in spec.namespaces:
+            raise SpecError("rootfs: a rootfs needs the mount namespace")
+    if not os.path.isabs(spec.workdir):
+        raise SpecError(f"workdir: {spec.workdir!r} must be an absolute path")
+    for i, m in enumerate(spec.mounts):
+        where = f"mounts[{i}]"
+        if not os.path.isabs(m.target) or ".." in m.target.split("/"):
+            raise SpecError(f"{where}.target: {m.target!r} must be absolute, without '..'")
+        if m.type == "bind":
+            if not m.source or not os.path.isabs(m.source):
+                raise SpecError(f"{where}.source: a bind mount needs an absolute source")
+            if not os.path.exists(m.source):
+                raise SpecError(f"{where}.source: {m.source} does not exist")
+        elif m.type != "tmpfs":
+            raise SpecError(f"{where}.type: {m.type!r} is not \"bind\" or \"tmpfs\"")
+        if m.target.startswith(("/proc", "/sys", "/dev")) and m.target != "/dev/shm":
+            raise SpecError(f"{where}.target: mounts over {m.target} are not allowed")
+    if spec.mounts and "mount" not in spec.namespaces:
+        raise SpecError("mounts: need the mount namespace")
+    for key in ("uid_map", "gid_map"):
+        mapping = getattr(spec, key)
+        if mapping is None:
+            continue
+        if "user" not in spec.namespaces:
+            raise SpecError(f"{key}: only with the user namespace")
+        _validate_map(key, mapping)
+        if not any(m.inside == 0 for m in mapping):
+            raise SpecError(f"{key}: must map id 0 (the container's init runs as root)")
+    for name in spec.capabilities:
+        if name not in caps.CAPABILITIES:
+            raise SpecError(f"capabilities: unknown capability {name!r}")
+    for name, (soft, hard) in spec.rlimits.items():
+        if name not in RLIMITS:
+            raise SpecError(f"rlimits: unknown limit {name!r}; known: {sorted(RLIMITS)}")
+        if soft > hard and hard != resource.RLIM_INFINITY:
+            raise SpecError(f"rlimits.{name}: soft {soft} exceeds hard {hard}")
+    for key in ("uid", "gid"):
+        if not 0 <= getattr(spec, key) < 2**32 - 1:
+            raise SpecError(f"{key}: {getattr(spec, key)} is out of range")
+    if spec.kill_grace < 0:
+        raise SpecError("kill_grace: must be >= 0")
+
+
+def _validate_map(key: str, mapping: tuple[IdMapping, ...]) -> None:
+    if not mapping:
+        raise SpecError(f"{key}: must have at least one line")
+    if len(mapping) > 340:
+        raise SpecError(f"{key}: at most 340 lines")
+    spans_in: list[tuple[int, int]] = []
+    spans_out: list[tuple[int, int]] = []
+    for i, m in enumerate(mapping):
+        if m.count <= 0 or m.inside < 0 or m.outside < 0:
+            raise SpecError(f"{key}[{i}]: inside, outside >= 0 and count > 0 required")
+        if m.inside + m.count > 2**32 - 1 or m.outside + m.count > 2**32 - 1:
+            raise SpecError(f"{key}[{i}]: range exceeds 32-bit ids")
+        spans_in.append((m.inside, m.inside + m.count))
+        spans_out.append((m.outside, m.outside + m.count))
+    for spans, side in ((spans_in, "inside"), (spans_out, "outside")):
+        spans.sort()
+        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+            if start < end:
+                raise SpecError(f"{key}: {side} ranges overlap")
