@@ -56,6 +56,13 @@ _SYS_SETNS = {"x86_64": 308, "aarch64": 268}
 _SYS_CLONE = {"x86_64": 56, "aarch64": 220}
 _SYS_CLOSE_RANGE = 436  # the same on every architecture
 CLOSE_RANGE_CLOEXEC = 1 << 2
+_SYS_OPEN_TREE = 428  # the same on every architecture
+_SYS_MOVE_MOUNT = 429
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = 0o2000000
+AT_RECURSIVE = 0x8000
+AT_FDCWD = -100
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
 CLONE_PARENT = 0x00008000
 _MACHINE = os.uname().machine
 
@@ -126,6 +133,20 @@ def close_range_cloexec(first: int) -> None:
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
           data: str | None = None) -> None:
     _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)), target)
+
+
+def open_tree_clone(path: str, recursive: bool = True) -> int:
+    """A detached copy of the mount at ``path`` (Linux 5.2), attachable in any mount
+    namespace with :func:`move_mount_fd` - a bind whose source is resolved now."""
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
+    return _check(_libc.syscall(_SYS_OPEN_TREE, ctypes.c_int(AT_FDCWD), _b(path),
+                                ctypes.c_uint(flags)), path)
+
+
+def move_mount_fd(tree_fd: int, target: str) -> None:
+    """Attach a detached mount tree at ``target``."""
+    _check(_libc.syscall(_SYS_MOVE_MOUNT, ctypes.c_int(tree_fd), b"", ctypes.c_int(AT_FDCWD),
+                         _b(target), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), target)
 
 
 def umount2(target: str, flags: int = 0) -> None:

@@ -28,7 +28,7 @@ from ..model.idranges import IdRanges
 from .errors import LaunchError
 from .reaper import DEFAULT_REAPER, Reaper
 from .spec import ID_RANGE_SIZE, ContainerSpec, IdMapping, validate
-from .status import ExitStatus, read_exit_file
+from .status import ExitStatus, parse_exit_record, read_exit_file
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _ZYGOTE_CODE = (
@@ -41,14 +41,16 @@ class Container:
     """A handle on a started container: its init's host pid and a pidfd to it."""
 
     def __init__(self, spec: ContainerSpec, pid: int, *, exit_file: str | None = None,
-                 reaper: Reaper = DEFAULT_REAPER, report: socket.socket | None = None):
+                 reaper: Reaper = DEFAULT_REAPER, exit_fd: int | None = None):
         self.spec = spec
         self.name = spec.name
         self.pid = pid
         self.exit_file = exit_file
         self.started_at = time.time()
+        self.workload_pid: int | None = None  # as the init sees it (host pid without pidns)
         self._reaper = reaper
-        self._report = report  # open only while held before exec (spec.hold)
+        self._report: socket.socket | None = None  # open while held before exec (hold)
+        self._exit_fd = exit_fd  # where the init records the workload's status
         self._status: ExitStatus | None = None
         self.pidfd: int | None = os.pidfd_open(pid)
 
@@ -62,7 +64,16 @@ class Container:
         signal.pidfd_send_signal(self.pidfd, sig)
 
     def kill(self) -> None:
-        """SIGKILL the init: the kernel then kills everything in its PID namespace."""
+        """SIGKILL the init: the kernel then kills everything in its PID namespace.
+
+        Without a PID namespace nothing does that: the workload's session is SIGKILLed
+        instead, and the init (a subreaper then) reaps it and exits. What left the
+        session survives: only a cgroup catches that.
+        """
+        if "pid" not in self.spec.namespaces and self.workload_pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.workload_pid, signal.SIGKILL)
+                return
         with contextlib.suppress(ProcessLookupError):
             self.signal(signal.SIGKILL)
 
@@ -73,7 +84,7 @@ class Container:
         report, self._report = self._report, None
         try:
             report.send(json.dumps({"go": True}).encode())
-            _read_report(report, self.spec, timeout, want="ready")
+            self.workload_pid = _read_report(report, self.spec, timeout, want="workload")
         except LaunchError:
             self._settle(timeout)
             raise
@@ -90,17 +101,23 @@ class Container:
             # Not our child (adopted after a restart): the pidfd says when it is gone
             # and the init's exit file says how.
             if self.pidfd is not None and select.select([self.pidfd], [], [], 0)[0]:
-                self._status = read_exit_file(self.exit_file) if self.exit_file else None
-                self._status = self._status or ExitStatus(255)
+                self._status = self._recorded() or ExitStatus(255)
             return self._status
         if raw is None:
             return None
         status = ExitStatus.from_wait_status(raw, time.time())
-        recorded = read_exit_file(self.exit_file) if self.exit_file else None
+        recorded = self._recorded()
         if recorded is not None and status.signal is None:
-            status = recorded  # same code, with the workload's own signal and time
+            # The init exits with 128+N for a workload killed by signal N; the record
+            # tells that apart from a plain exit with that code.
+            status = recorded
         self._status = status
         return status
+
+    def _recorded(self) -> ExitStatus | None:
+        if self._exit_fd is not None:
+            return parse_exit_record(os.pread(self._exit_fd, 4096, 0))
+        return read_exit_file(self.exit_file) if self.exit_file else None
 
     def wait(self, timeout: float | None = None) -> ExitStatus:
         """Block until the container exits; TimeoutError after ``timeout`` seconds."""
@@ -122,6 +139,9 @@ class Container:
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
+        if self._exit_fd is not None:
+            os.close(self._exit_fd)
+            self._exit_fd = None
 
     def _settle(self, timeout: float) -> None:
         """After a failed start: make sure the init is gone and reaped."""
@@ -182,36 +202,47 @@ class Runtime:
             fds = {"report": theirs.fileno(), "stdin": stdin,
                    "stdout": 1 if stdout is None else stdout,
                    "stderr": 2 if stderr is None else stderr}
+            # The init records the workload's status here; the caller keeps its own fd.
             if exit_file is not None:
-                fds["exit"] = os.open(exit_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                                      | os.O_CLOEXEC, 0o600)
-                opened.append(fds["exit"])
+                exit_fd = os.open(exit_file, os.O_RDWR | os.O_CREAT | os.O_TRUNC
+                                  | os.O_CLOEXEC, 0o600)
+            else:
+                exit_fd = os.memfd_create(f"nsv-exit-{spec.name}", os.MFD_CLOEXEC)
+            fds["exit"] = exit_fd
             request = json.dumps({"spec": spec.to_json(), "fds": list(fds)}).encode()
             with self._lock:
                 if self._control is None:
                     raise RuntimeError("runtime is closed")
                 socket.send_fds(self._control, [request], list(fds.values()))
-        except BrokenPipeError:
+        except BaseException as e:
             report.close()
-            raise LaunchError("fork server is gone; create a new Runtime") from None
-        except BaseException:
-            report.close()
+            if "exit" in fds:
+                os.close(fds["exit"])
+            if isinstance(e, BrokenPipeError):
+                raise LaunchError("fork server is gone; create a new Runtime") from None
             raise
         finally:
             theirs.close()
             for fd in opened:
                 os.close(fd)
-        return self._finish_start(spec, report, exit_file, timeout)
+        return self._finish_start(spec, report, exit_fd, exit_file, timeout)
 
-    def _finish_start(self, spec: ContainerSpec, report: socket.socket,
+    def _finish_start(self, spec: ContainerSpec, report: socket.socket, exit_fd: int,
                       exit_file: str | None, timeout: float) -> Container:
         container = None
         try:
             pid = _read_report(report, spec, timeout, want="pid")
-            container = Container(spec, pid, exit_file=exit_file, reaper=self.reaper)
-            _read_report(report, spec, timeout, want="created" if spec.hold else "ready")
+            container = Container(spec, pid, exit_file=exit_file, reaper=self.reaper,
+                                  exit_fd=exit_fd)
+            exit_fd = -1  # the container owns it now
+            if spec.hold:
+                _read_report(report, spec, timeout, want="created")
+            else:
+                container.workload_pid = _read_report(report, spec, timeout, want="workload")
         except BaseException as error:
             report.close()
+            if exit_fd >= 0:
+                os.close(exit_fd)
             if container is not None:
                 container._settle(timeout)
                 if isinstance(error, LaunchError) and error.exit_code is None:

@@ -71,7 +71,8 @@ def clone_flags(spec: ContainerSpec) -> int:
     return flags & ~libc.CLONE_NEWCGROUP
 
 
-def run_init(spec: ContainerSpec, fds: dict[str, int], go_fd: int, last_cap: int) -> NoReturn:
+def run_init(spec: ContainerSpec, fds: dict[str, int], sources: rootfs.Sources | None,
+             go_fd: int, last_cap: int) -> NoReturn:
     """The container's pid 1, from its birth in new namespaces to its signalfd loop.
 
     It first waits on ``go_fd`` while the fork server, outside, puts it in its cgroups,
@@ -98,8 +99,8 @@ def run_init(spec: ContainerSpec, fds: dict[str, int], go_fd: int, last_cap: int
         libc.prctl(libc.PR_SET_DUMPABLE, 0)
         if "pid" not in spec.namespaces:
             libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)  # orphans come to us, not the host
-        if "mount" in spec.namespaces:
-            rootfs.build(spec)
+        if sources is not None:
+            rootfs.build(spec, sources)
         if "uts" in spec.namespaces:
             with step("sethostname"):
                 libc.sethostname(spec.effective_hostname)
@@ -115,7 +116,7 @@ def run_init(spec: ContainerSpec, fds: dict[str, int], go_fd: int, last_cap: int
         init = Init(None, sfd, fds.get("exit"), spec)
         try:
             init.workload = spawn_workload(spec, stdio)
-            channel.send(ready=True)
+            channel.send(ready=True, workload=init.workload)
         except OSError as e:
             code = 127 if e.errno == errno.ENOENT else 126
             init.spawn_failed(code)

@@ -1,14 +1,16 @@
 """The container's filesystem, built inside its new mount namespace (runc's order).
 
 1. make every mount private, so nothing we do leaks to the host;
-2. bind the rootfs on itself (or build the "host" tmpfs root);
+2. attach the rootfs (or build the "host" tmpfs root) at a staging mount point;
 3. mount /proc, a minimal /dev, /sys read-only and the user's mounts inside it;
 4. ``pivot_root(".", ".")`` and detach the old root — never chroot alone;
 5. read-only and masked paths, then an optional read-only root.
 
 Runs in the container's init before the workload exists. Bind sources are opened as
-O_PATH fds before any mount, and bound through /proc/self/fd, so a mount cannot be
-redirected by what happens to the paths afterwards.
+detached mount trees (``open_tree``) by the fork server, as host root, before the init
+is cloned (a user namespace's root could not traverse a 0700 host directory), and
+attached with ``move_mount``, so a mount cannot be redirected by what happens to the
+paths afterwards.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ from ..linux.libc import (
 from .errors import SetupError, step
 from .spec import DEVICES, MASKED_PATHS, READONLY_PATHS, ContainerSpec
 
-# Where the "host" rootfs tmpfs is assembled. It exists on every host, and the mount is
-# only ever visible inside the container's own mount namespace.
-HOST_ROOT_STAGE = "/tmp"
+# Where the container's root is assembled before the pivot. It exists on every host, and
+# the mount is only ever visible inside the container's own mount namespace.
+ROOT_STAGE = "/tmp"
 HOST_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 _STATVFS_FLAGS = (
@@ -67,21 +69,24 @@ def _inside(root: str, target: str) -> str:
 
 
 def _make_target(path: str, is_dir: bool) -> None:
-    if is_dir:
-        os.makedirs(path, exist_ok=True)
-    elif not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+    where = "/" + os.path.relpath(path, ROOT_STAGE) if path.startswith(ROOT_STAGE) else path
+    with step(f"create mount point {where}"):
+        if is_dir:
+            os.makedirs(path, exist_ok=True)
+        elif not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
 
 
 def _bind_fd(fd: int, target: str, readonly: bool, recursive: bool = True) -> None:
-    libc.mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | (MS_REC if recursive else 0))
+    libc.move_mount_fd(fd, target)
     if readonly:
         _remount_readonly(target)
 
 
 class Sources:
-    """O_PATH fds of every host path the setup binds, opened before anything is mounted."""
+    """Detached mount trees (open_tree) of every host path the setup binds, made by the
+    fork server before the init exists: the init attaches them with move_mount."""
 
     def __init__(self, spec: ContainerSpec) -> None:
         self.fds: dict[str, int] = {}
@@ -93,7 +98,7 @@ class Sources:
         paths += [m.source for m in spec.mounts if m.type == "bind" and m.source]
         for path in paths:
             with step(f"open {path}"):
-                self.fds[path] = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                self.fds[path] = libc.open_tree_clone(path, recursive=not path.startswith("/dev/"))
 
     def close(self) -> None:
         for fd in self.fds.values():
@@ -101,14 +106,14 @@ class Sources:
         self.fds.clear()
 
 
-def build(spec: ContainerSpec) -> None:
-    """Build the container's root and pivot into it. The caller is in new namespaces."""
-    sources = Sources(spec)
+def build(spec: ContainerSpec, sources: Sources) -> None:
+    """Build the container's root and pivot into it. The caller is in new namespaces;
+    ``sources`` were opened before, outside them (with the host's permissions)."""
     try:
         with step("make / private"):
             libc.mount(None, "/", None, MS_REC | MS_PRIVATE)
         root = _host_root(spec, sources) if spec.rootfs == "host" else _bind_root(spec, sources)
-        _mount_proc(root)
+        _mount_proc(root, spec)
         _mount_dev(root, spec, sources)
         _mount_sys(root, spec)
         _user_mounts(root, spec, sources)
@@ -122,13 +127,15 @@ def build(spec: ContainerSpec) -> None:
 
 
 def _bind_root(spec: ContainerSpec, sources: Sources) -> str:
+    # Attached at the stage, not on itself: the path may not be reachable from inside a
+    # user namespace.
     with step(f"bind rootfs {spec.rootfs}"):
-        _bind_fd(sources.fds[spec.rootfs], spec.rootfs, readonly=False)
-    return spec.rootfs
+        _bind_fd(sources.fds[spec.rootfs], ROOT_STAGE, readonly=False)
+    return ROOT_STAGE
 
 
 def _host_root(spec: ContainerSpec, sources: Sources) -> str:
-    root = HOST_ROOT_STAGE
+    root = ROOT_STAGE
     with step("mount tmpfs root"):
         libc.mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=16m")
     for d in HOST_DIRS:
@@ -169,11 +176,16 @@ def _write_etc(etc: str, spec: ContainerSpec) -> None:
             f.write(text)
 
 
-def _mount_proc(root: str) -> None:
+def _mount_proc(root: str, spec: ContainerSpec) -> None:
     target = _inside(root, "/proc")
     _make_target(target, True)
-    with step("mount proc"):
-        libc.mount("proc", target, "proc", MS_NOSUID | MS_NOEXEC | MS_NODEV)
+    if "pid" in spec.namespaces:
+        with step("mount proc"):
+            libc.mount("proc", target, "proc", MS_NOSUID | MS_NOEXEC | MS_NODEV)
+    else:
+        # The host's PID namespace: a user namespace may not mount its proc afresh.
+        with step("bind /proc"):
+            libc.mount("/proc", target, None, MS_BIND | MS_REC)
 
 
 def _mount_dev(root: str, spec: ContainerSpec, sources: Sources) -> None:

@@ -48,13 +48,21 @@ def write_exit_file(fd: int, status: ExitStatus) -> None:
     os.pwrite(fd, data, 0)
 
 
-def read_exit_file(path: str) -> ExitStatus | None:
-    """The recorded status, or None when the file is missing, empty or torn."""
+def parse_exit_record(raw: bytes) -> ExitStatus | None:
+    """The status in an exit record, or None when it is empty or torn."""
     try:
-        with open(path) as f:
-            data = json.loads(f.read() or "null")
-    except (OSError, ValueError):
+        data = json.loads(raw or b"null")
+    except ValueError:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("exit_code"), int):
         return None
     return ExitStatus(data["exit_code"], data.get("signal"), data.get("finished_at"))
+
+
+def read_exit_file(path: str) -> ExitStatus | None:
+    """The status recorded at ``path``, or None when it is missing, empty or torn."""
+    try:
+        with open(path, "rb") as f:
+            return parse_exit_record(f.read(4096))
+    except OSError:
+        return None

@@ -24,6 +24,8 @@ import socket
 import sys
 
 from ..linux import caps, libc
+from . import rootfs
+from .errors import SetupError
 from .launcher import clone_flags, run_init
 from .spec import RLIMITS, ContainerSpec, IdMapping
 
@@ -62,6 +64,13 @@ def _serve(control: socket.socket, data: bytes, fds: list[int], last_cap: int) -
         for fd in fds:
             os.close(fd)
         return
+    try:
+        sources = rootfs.Sources(spec) if "mount" in spec.namespaces else None
+    except SetupError as e:
+        _report_error(named["report"], str(e), e.errno, e.step)
+        for fd in fds:
+            os.close(fd)
+        return
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     try:
         pid = libc.clone_fork(clone_flags(spec))
@@ -71,8 +80,10 @@ def _serve(control: socket.socket, data: bytes, fds: list[int], last_cap: int) -
     if pid == 0:
         control.close()
         os.close(go_w)
-        run_init(spec, named, go_r, last_cap)
+        run_init(spec, named, sources, go_r, last_cap)
     os.close(go_r)
+    if sources is not None:
+        sources.close()
     try:
         if pid > 0:
             _report(named["report"], pid=pid)

@@ -1,0 +1,372 @@
+"""The runtime against the real kernel: isolation, the init, security probes, bad specs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from supervisor.linux import caps
+from supervisor.runtime import ContainerSpec, LaunchError, Mount, SpecError
+from supervisor.runtime.spec import MASKED_PATHS, NAMESPACES, NS_PROC_NAME
+
+from .conftest import Runner, host_state, read_until_eof
+
+pytestmark = pytest.mark.root
+
+SLEEP = ["/bin/sleep", "30"]
+
+
+def ns_inode(pid: int | str, kind: str) -> int:
+    return os.stat(f"/proc/{pid}/ns/{NS_PROC_NAME[kind]}").st_ino
+
+
+# --- namespaces -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", NAMESPACES)
+def test_isolated_namespace_differs_from_host(runner: Runner, kind: str) -> None:
+    c = runner.start(runner.spec(SLEEP, namespaces=(kind,) + (("mount",) if kind == "pid"
+                                                              else ())))
+    assert ns_inode(c.pid, kind) != ns_inode("self", kind)
+    for other in NAMESPACES:
+        if other not in c.spec.namespaces:
+            assert ns_inode(c.pid, other) == ns_inode("self", other)
+
+
+def test_kill_without_pid_namespace_leaves_no_workload(runner: Runner) -> None:
+    c = runner.start(runner.spec(SLEEP, namespaces=("uts",)))
+    assert c.workload_pid is not None and os.path.exists(f"/proc/{c.workload_pid}")
+    workload = c.workload_pid
+    c.kill()
+    c.wait(10)
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{workload}") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not os.path.exists(f"/proc/{workload}")
+
+
+@pytest.mark.parametrize("kind", NAMESPACES)
+def test_shared_namespace_equals_host(runner: Runner, kind: str) -> None:
+    others = tuple(n for n in NAMESPACES if n != kind)
+    if kind == "mount":  # a private /proc needs the mount namespace: share pid with it
+        others = tuple(n for n in others if n != "pid")
+    c = runner.start(runner.spec(SLEEP, namespaces=others))
+    assert ns_inode(c.pid, kind) == ns_inode("self", kind)
+    for other in others:
+        assert ns_inode(c.pid, other) != ns_inode("self", other)
+
+
+def test_hostname_is_the_containers_and_host_unchanged(runner: Runner) -> None:
+    before = socket.gethostname()
+    ran = runner.run(["/bin/hostname"], name=runner.unique("uts"))
+    assert ran.stdout.strip() == runner.started[-1].name
+    ran = runner.run(["/bin/hostname"], hostname="custom-host")
+    assert ran.stdout.strip() == "custom-host"
+    assert socket.gethostname() == before
+
+
+def test_ipc_objects_are_invisible_to_other_containers(runner: Runner) -> None:
+    r, w = os.pipe()
+    a = runner.start(runner.spec(["/bin/sh", "-c", "ipcmk -M 4096 >/dev/null && ipcs -m "
+                                  "| grep -c 0x; exec sleep 30"]), stdout=w)
+    os.close(w)
+    try:
+        assert os.read(r, 100).strip() == b"1", "container A should see its own segment"
+    finally:
+        os.close(r)
+    assert a.poll() is None
+    seen_by_b = runner.sh("ipcs -m | grep -c 0x || true").stdout.strip()
+    assert seen_by_b == "0"
+
+
+def test_pid_namespace_shows_only_container_processes(runner: Runner) -> None:
+    ran = runner.sh("cat /proc/1/comm; for p in /proc/[0-9]*; do echo ${p#/proc/}; done")
+    lines = ran.stdout.split()
+    assert lines[0] == "nsv-init"
+    pids = {int(p) for p in lines[1:]}
+    assert 1 in pids
+    assert max(pids) < 10, f"host processes visible: {sorted(pids)}"
+
+
+def test_mount_inside_does_not_appear_on_host(runner: Runner) -> None:
+    with_admin = (*caps.DEFAULT_CAPABILITIES, "SYS_ADMIN")
+    r, w = os.pipe()
+    c = runner.start(runner.spec(
+        ["/bin/sh", "-c", "mount -t tmpfs nsvprobe /mnt-probe && echo mounted; exec sleep 30"],
+        capabilities=with_admin, mounts=(Mount(target="/mnt-probe", type="tmpfs"),)),
+        stdout=w)
+    os.close(w)
+    try:
+        assert os.read(r, 100).strip() == b"mounted"
+    finally:
+        os.close(r)
+    assert c.poll() is None
+    with open("/proc/self/mountinfo") as f:
+        assert "nsvprobe" not in f.read()
+    with open(f"/proc/{c.pid}/mountinfo") as f:
+        assert "nsvprobe" in f.read()
+
+
+def test_user_namespace_root_is_unprivileged_on_host(runner: Runner) -> None:
+    r, w = os.pipe()
+    c = runner.start(runner.spec(["/bin/sh", "-c", "id -u; exec sleep 30"]), stdout=w)
+    os.close(w)
+    try:
+        assert os.read(r, 100).strip() == b"0"
+    finally:
+        os.close(r)
+    with open(f"/proc/{c.pid}/status") as f:
+        uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+    assert all(int(u) >= 65536 for u in uids), uids
+    with open(f"/proc/{c.pid}/uid_map") as f:
+        inside, outside, count = map(int, f.read().split())
+    assert (inside, count) == (0, 65536) and outside >= 65536
+
+
+def test_user_namespace_ranges_do_not_overlap(runner: Runner) -> None:
+    starts = []
+    for _ in range(3):
+        c = runner.start(runner.spec(SLEEP))
+        with open(f"/proc/{c.pid}/uid_map") as f:
+            starts.append(int(f.read().split()[1]))
+    starts.sort()
+    assert all(b - a >= 65536 for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_net_namespace_has_only_loopback(runner: Runner) -> None:
+    ran = runner.sh("ls /sys/class/net")
+    assert ran.stdout.split() == ["lo"]
+
+
+# --- the init -------------------------------------------------------------------------
+
+def test_thousand_orphans_are_reaped(runner: Runner) -> None:
+    ran = runner.sh(
+        "i=0; while [ $i -lt 1000 ]; do (sleep 0.01 &); i=$((i+1)); done; sleep 1; "
+        "z=0; for s in /proc/[0-9]*/stat; do read -r l < $s 2>/dev/null || continue; "
+        "case \"${l##*) }\" in Z*) z=$((z+1));; esac; done; echo zombies=$z",
+        timeout=60)
+    assert ran.status.exit_code == 0, ran.stderr
+    assert ran.stdout.strip() == "zombies=0"
+    state = host_state()
+    assert not set(state["zombies"]) & set(state["children"]), "a zombie child is left"
+
+
+def _start_trapping(runner: Runner, script: str):
+    r, w = os.pipe()
+    c = runner.start(runner.spec(["/bin/sh", "-c", script]), stdout=w)
+    os.close(w)
+    assert os.read(r, 100) == b"ready\n"
+    return c, r
+
+
+def test_signals_reach_the_workload(runner: Runner) -> None:
+    c, r = _start_trapping(runner, "trap 'echo HUP' HUP; trap 'echo USR1' USR1; "
+                                   "trap 'echo TERM; exit 3' TERM; echo ready; "
+                                   "while :; do sleep 0.05; done")
+    try:
+        for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM):
+            time.sleep(0.1)
+            c.signal(sig)
+        out = read_until_eof(r, 10).decode().split()
+    finally:
+        os.close(r)
+    assert out == ["HUP", "USR1", "TERM"]
+    assert c.wait(10).exit_code == 3
+
+
+def test_stop_signals_are_ignored_by_the_init(runner: Runner) -> None:
+    c, r = _start_trapping(runner, "echo ready; exec sleep 30")
+    os.close(r)
+    c.signal(signal.SIGTSTP)
+    time.sleep(0.2)
+    with open(f"/proc/{c.pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R")
+    assert c.poll() is None
+
+
+@pytest.mark.parametrize(("script", "code", "sig"), [
+    ("exit 0", 0, None), ("exit 3", 3, None), ("kill -9 $$", 137, 9), ("kill -15 $$", 143, 15),
+])
+def test_exit_status_is_exact(runner: Runner, script: str, code: int, sig: int | None) -> None:
+    status = runner.sh(script).status
+    assert status.exit_code == code
+    assert status.signal == sig
+
+
+def test_exit_status_is_recorded_in_the_exit_file(runner: Runner, tmp_path) -> None:
+    path = str(tmp_path / "exit")
+    c = runner.start(runner.spec(["/bin/sh", "-c", "exit 7"]), exit_file=path)
+    assert c.wait(10).exit_code == 7
+    from supervisor.runtime.status import read_exit_file
+    recorded = read_exit_file(path)
+    assert recorded is not None and recorded.exit_code == 7
+
+
+def test_command_not_found_exits_127(runner: Runner) -> None:
+    before = host_state()
+    with pytest.raises(LaunchError, match=r"exec /no/such/cmd: No such file") as err:
+        runner.start(runner.spec(["/no/such/cmd"]))
+    assert err.value.exit_code == 127
+    assert host_state() == before
+
+
+def test_not_executable_exits_126(runner: Runner) -> None:
+    with pytest.raises(LaunchError, match=r"exec /etc/hostname: Permission denied") as err:
+        runner.start(runner.spec(["/etc/hostname"]))
+    assert err.value.exit_code == 126
+
+
+def test_workload_gets_clean_signal_mask_and_default_dispositions(runner: Runner) -> None:
+    ran = runner.sh("grep -E '^Sig(Blk|Ign)' /proc/self/status")
+    fields = dict(line.split(":\t") for line in ran.stdout.splitlines())
+    assert int(fields["SigBlk"], 16) == 0
+    # glibc's posix_spawn leaves its two internal signals (32, 33) ignored; glibc
+    # programs install their own handlers for them. Every other signal is default.
+    glibc_internal = (1 << 31) | (1 << 32)
+    assert int(fields["SigIgn"], 16) & ~glibc_internal == 0
+
+
+def test_init_terminates_what_the_workload_left_behind(runner: Runner) -> None:
+    ran = runner.sh("sleep 300 & exit 5", kill_grace=1.0)
+    assert ran.status.exit_code == 5
+
+
+# --- security probes from inside --------------------------------------------------------
+
+PROBES = r"""
+mount -t tmpfs none /tmp 2>/dev/null && echo mount=yes || echo mount=no
+kill -0 %(host_pid)d 2>/dev/null && echo signal_host=yes || echo signal_host=no
+[ -e /proc/%(host_pid)d ] && echo see_host=yes || echo see_host=no
+(echo 1 > /proc/sys/kernel/ns_last_pid) 2>/dev/null && echo write_sys=yes || echo write_sys=no
+(echo h > /proc/sysrq-trigger) 2>/dev/null && echo sysrq=yes || echo sysrq=no
+for p in %(masked)s; do echo "masked:$p=$(cat $p 2>/dev/null | wc -c)"; done
+grep -E '^(CapInh|CapBnd|CapEff|NoNewPrivs)' /proc/self/status | tr -d '\t' | tr ':' '='
+cd /tmp && cd ../../.. && echo escape=$(pwd)
+ls -di / | cut -d' ' -f1 | sed 's/^/root_ino=/'
+ls -di ../../.. | cut -d' ' -f1 | sed 's/^/up_ino=/'
+"""
+
+
+@pytest.mark.parametrize("user_ns", [True, False])
+def test_security_probes(runner: Runner, user_ns: bool) -> None:
+    namespaces = NAMESPACES if user_ns else tuple(n for n in NAMESPACES if n != "user")
+    masked = [p for p in MASKED_PATHS if os.path.isfile(p)]  # /proc/kcore is absent here
+    assert masked, "no masked file exists on this kernel to probe"
+    ran = runner.sh(PROBES % {"host_pid": os.getpid(), "masked": " ".join(masked)},
+                    namespaces=namespaces, workdir="/tmp")
+    probes = dict(line.split("=", 1) for line in ran.stdout.split())
+    assert probes["mount"] == "no"
+    assert probes["signal_host"] == "no"
+    assert probes["see_host"] == "no"
+    assert probes["write_sys"] == "no"
+    assert probes["sysrq"] == "no"
+    for path in masked:
+        assert probes[f"masked:{path}"] == "0", f"{path} is readable"
+    policy = caps.mask(caps.DEFAULT_CAPABILITIES)
+    assert int(probes["CapInh"], 16) == 0
+    assert int(probes["CapBnd"], 16) == policy
+    assert int(probes["CapEff"], 16) == policy
+    assert probes["NoNewPrivs"] == "1"
+    assert probes["escape"] == "/"
+    assert probes["root_ino"] == probes["up_ino"]
+
+
+def test_capabilities_follow_the_policy(runner: Runner) -> None:
+    wanted = caps.resolve(add=["NET_ADMIN"], drop=["CHOWN", "KILL"])
+    ran = runner.sh("grep -E '^Cap(Bnd|Eff)' /proc/self/status", capabilities=wanted)
+    for line in ran.stdout.splitlines():
+        assert int(line.split()[1], 16) == caps.mask(wanted)
+
+
+def test_non_root_user_has_no_effective_capabilities(runner: Runner) -> None:
+    ran = runner.sh("id -u; id -g; grep CapEff /proc/self/status", uid=1000, gid=1000)
+    uid, gid, capeff = ran.stdout.split("\n")[:3]
+    assert (uid, gid) == ("1000", "1000")
+    assert int(capeff.split()[1], 16) == 0
+
+
+def test_env_workdir_and_rlimits(runner: Runner) -> None:
+    ran = runner.sh("echo $MODE; pwd; ulimit -n", env={"MODE": "prod"}, workdir="/tmp",
+                    rlimits={"nofile": (321, 321)})
+    assert ran.stdout.split() == ["prod", "/tmp", "321"]
+
+
+def test_readonly_rootfs_and_user_mounts(runner: Runner, tmp_path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hello").write_text("hi\n")
+    ran = runner.sh(
+        "cat /data/hello; (echo x > /data/new) 2>/dev/null && echo data_rw || echo data_ro; "
+        "(echo x > /etc/probe) 2>/dev/null && echo root_rw || echo root_ro; "
+        "echo y > /scratch/f && echo scratch_rw",
+        readonly_rootfs=True, namespaces=tuple(n for n in NAMESPACES if n != "user"),
+        mounts=(Mount(target="/data", source=str(data), readonly=True),
+                Mount(target="/scratch", type="tmpfs")))
+    assert ran.stdout.split() == ["hi", "data_ro", "root_ro", "scratch_rw"]
+
+
+def test_directory_rootfs(runner: Runner, tmp_path) -> None:
+    root = tmp_path / "root"
+    (root / "bin").mkdir(parents=True)
+    # A rootfs of its own: the host's /usr bound in, so /bin/sh works.
+    ran = runner.sh("test -e /marker && echo own-root", rootfs=str(root),
+                    mounts=(Mount(target="/usr", source="/usr", readonly=True),
+                            Mount(target="/lib", source="/lib", readonly=True),
+                            Mount(target="/lib64", source="/lib64", readonly=True),
+                            Mount(target="/bin", source="/bin", readonly=True)),
+                    namespaces=tuple(n for n in NAMESPACES if n != "user"),
+                    ) if (root / "marker").touch() is None else None
+    assert ran.stdout.strip() == "own-root"
+
+
+# --- bad specs --------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"rootfs": "/no/such/rootfs"}, r"rootfs: /no/such/rootfs is not a directory"),
+    ({"rootfs": "relative"}, r"rootfs: 'relative' must be an absolute path"),
+    ({"mounts": (Mount(target="/x", source="/no/such/source"),)},
+     r"mounts\[0\]\.source: /no/such/source does not exist"),
+    ({"mounts": (Mount(target="/proc/x", source="/tmp"),)}, r"mounts\[0\]\.target"),
+    ({"uid_map": ()}, r"uid_map: must have at least one line"),
+    ({"uid_map": (__import__("supervisor.runtime").runtime.IdMapping(0, 1000, 0),)},
+     r"uid_map\[0\]: inside, outside >= 0 and count > 0"),
+    ({"namespaces": ("mount", "time")}, r"namespaces: unknown \['time'\]"),
+    ({"capabilities": ("FLY",)}, r"capabilities: unknown capability 'FLY'"),
+    ({"name": "Bad Name"}, r"name: 'Bad Name' must match"),
+])
+def test_bad_spec_is_refused_before_anything_runs(runner: Runner, kwargs, message) -> None:
+    before = host_state()
+    spec = ContainerSpec(**({"name": runner.unique(), "command": ["/bin/true"]} | kwargs))
+    with pytest.raises(SpecError, match=message):
+        runner.runtime.start(spec)
+    assert host_state() == before
+
+
+def test_failure_inside_the_launch_names_the_step_and_leaves_nothing(runner: Runner,
+                                                                     tmp_path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "data").symlink_to("/etc")  # a mount target that points out of the rootfs
+    before = host_state()
+    # No user namespace: its root could not create /proc in a root-owned 0700 rootfs.
+    spec = runner.spec(["/bin/true"], rootfs=str(root),
+                       namespaces=tuple(n for n in NAMESPACES if n != "user"),
+                       mounts=(Mount(target="/data", source=str(tmp_path)),))
+    with pytest.raises(LaunchError, match=r"mount target /data: .*is a symlink"):
+        runner.runtime.start(spec)
+    assert host_state() == before
+
+
+def test_rootfs_removed_after_validation_is_a_launch_error(runner: Runner, tmp_path) -> None:
+    before = host_state()
+    spec = runner.spec(["/bin/true"], rootfs=str(tmp_path / "gone"))
+    (tmp_path / "gone").mkdir()
+    spec = runner.runtime.prepare(spec)
+    (tmp_path / "gone").rmdir()
+    with pytest.raises((LaunchError, SpecError), match=r"rootfs"):
+        runner.runtime.start(spec)
+    assert host_state() == before
