@@ -370,3 +370,41 @@ def test_rootfs_removed_after_validation_is_a_launch_error(runner: Runner, tmp_p
     with pytest.raises((LaunchError, SpecError), match=r"rootfs"):
         runner.runtime.start(spec)
     assert host_state() == before
+
+
+# --- held start and the daemon's reaping path --------------------------------------------
+
+def test_held_container_runs_nothing_until_go(runner: Runner) -> None:
+    r, w = os.pipe()
+    c = runner.start(runner.spec(["/bin/sh", "-c", "echo running"], hold=True), stdout=w)
+    os.close(w)
+    try:
+        with open(f"/proc/{c.pid}/task/{c.pid}/children") as f:
+            assert f.read().strip() == "", "the workload started before go()"
+        assert c.poll() is None and c.workload_pid is None
+        c.go()
+        assert c.workload_pid is not None
+        assert read_until_eof(r, 10) == b"running\n"
+    finally:
+        os.close(r)
+    assert c.wait(10).exit_code == 0
+
+
+def test_reap_all_hands_statuses_to_waiting_containers(unique) -> None:
+    from supervisor.runtime import Runtime
+    from supervisor.runtime.reaper import Reaper
+
+    reaper = Reaper()
+    with Runtime(reaper=reaper) as rt:
+        c = rt.start(ContainerSpec(name=unique("reap"), command=["/bin/sh", "-c", "exit 4"]))
+        try:
+            deadline = time.monotonic() + 10
+            reaped: list[tuple[int, int]] = []
+            while c.pid not in [pid for pid, _ in reaped] and time.monotonic() < deadline:
+                time.sleep(0.01)
+                reaped += reaper.reap_all()  # what the daemon does on SIGCHLD
+            assert c.pid in [pid for pid, _ in reaped]
+            assert c.wait(1).exit_code == 4  # the status reached the container's handle
+        finally:
+            c.kill()
+            c.close()
