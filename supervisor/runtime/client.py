@@ -168,6 +168,10 @@ class Runtime:
             sys.executable,
             [sys.executable, "-S", "-c", _ZYGOTE_CODE, _PACKAGE_PARENT, str(theirs.fileno())],
             os.environ | {"PYTHONDONTWRITEBYTECODE": "1"},
+            # Its own session: signals to the caller's process group (a terminal's ^C,
+            # `timeout`, a shell's job control) must not reach the containers. A clean
+            # signal mask: the daemon blocks the signals it reads from its signalfd.
+            setsid=True, setsigmask=(),
         )
         theirs.close()
         self._control: socket.socket | None = ours
