@@ -33,7 +33,7 @@ from .status import ExitStatus, parse_exit_record, read_exit_file
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _ZYGOTE_CODE = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
-    "from supervisor.runtime.zygote import main; main(int(sys.argv[2]))"
+    "from supervisor.runtime.zygote import main; main(int(sys.argv[2]), int(sys.argv[3]))"
 )
 
 
@@ -166,7 +166,8 @@ class Runtime:
         theirs.set_inheritable(True)
         self._zygote_pid = os.posix_spawn(
             sys.executable,
-            [sys.executable, "-S", "-c", _ZYGOTE_CODE, _PACKAGE_PARENT, str(theirs.fileno())],
+            [sys.executable, "-S", "-c", _ZYGOTE_CODE, _PACKAGE_PARENT, str(theirs.fileno()),
+             str(os.getpid())],
             os.environ | {"PYTHONDONTWRITEBYTECODE": "1"},
             # Its own session: signals to the caller's process group (a terminal's ^C,
             # `timeout`, a shell's job control) must not reach the containers. A clean

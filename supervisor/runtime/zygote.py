@@ -32,10 +32,10 @@ from .spec import RLIMITS, ContainerSpec, IdMapping
 MAX_REQUEST = 1 << 20
 
 
-def main(control_fd: int) -> None:
+def main(control_fd: int, parent_pid: int) -> None:
     libc.set_process_name("nsv-zygote")
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:
+    if os.getppid() != parent_pid:
         sys.exit(0)  # our caller died before PDEATHSIG was armed
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     control = socket.socket(fileno=control_fd)
@@ -146,4 +146,4 @@ def _report_error(fd: int, message: str, err: int = 0, step: str = "") -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), int(sys.argv[2]))
