@@ -1,0 +1,93 @@
+"""``nsvisord -c FILE``: load the config, then supervise until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+import anyio
+import structlog
+
+from ..linux.cgroups import CgroupError, CgroupManager, detect
+from ..model.config import ConfigError, load_config
+from ..runtime import Runtime
+from ..runtime.reaper import DEFAULT_REAPER, Reaper
+from . import logs
+from .signals import SignalReader
+from .supervisor import Supervisor
+
+DEFAULT_CONFIG = "/etc/nsvisor/nsvisor.toml"
+log = structlog.get_logger("nsvisord")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nsvisord", description="nsvisor's daemon")
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                        help=f"the TOML config (default {DEFAULT_CONFIG})")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"nsvisord: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"nsvisord: cannot read {args.config}: {e.strerror} (use -c FILE)",
+              file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        print("nsvisord: must run as root (namespaces, mounts, cgroups)", file=sys.stderr)
+        return 1
+    logs.configure(args.log_level)
+    signals = SignalReader()
+    signals.open()  # before any thread exists, so every thread inherits the mask
+    runtime = Runtime(reaper=DEFAULT_REAPER)
+    try:
+        anyio.run(_serve, config, runtime, DEFAULT_REAPER, _cgroups(), signals,
+                  backend="asyncio")
+    finally:
+        runtime.close()
+        signals.close()
+    log.info("exit")
+    return 0
+
+
+def _cgroups() -> CgroupManager | None:
+    try:
+        return CgroupManager(detect(), parent="nsvisor")
+    except (CgroupError, OSError) as e:
+        log.warning("no cgroups: containers without a PID namespace may leave processes",
+                    error=str(e))
+        return None
+
+
+async def _serve(config, runtime: Runtime, reaper: Reaper, cgroups: CgroupManager | None,
+                 signals: SignalReader) -> None:
+    supervisor = Supervisor(config, runtime=runtime, reaper=reaper, cgroups=cgroups)
+    async with anyio.create_task_group() as tg:
+        await supervisor.run(tg)
+        log.info("started", pid=os.getpid(), config=config.source)
+        async for signo in signals:
+            if signo == signal.SIGCHLD:
+                # The one place that reaps: containers' statuses wait in the reaper for
+                # their watchers; anything else (orphans, when we are pid 1) is dropped.
+                ours = supervisor.container_pids()
+                for pid, _status in reaper.reap_all():
+                    if pid not in ours:
+                        reaper.forget(pid)
+            elif signo in (signal.SIGTERM, signal.SIGINT):
+                log.info("shutting down", signal=signal.Signals(signo).name)
+                break
+            elif signo == signal.SIGHUP:
+                tg.start_soon(supervisor.reload)
+            elif signo == signal.SIGUSR2:
+                log.info("logs reopened")  # structlog writes stderr unbuffered, per line
+        await supervisor.shutdown()
+        tg.cancel_scope.cancel()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

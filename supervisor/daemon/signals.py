@@ -1,0 +1,48 @@
+"""The daemon's own signals, read from a signalfd inside the event loop.
+
+The signals are blocked in the main thread before any other thread exists, so every
+thread inherits the mask and the kernel queues them for the signalfd: no handler runs
+at an arbitrary point, and SIGCHLD can never be lost or reaped behind our back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator
+
+import anyio
+
+from ..linux import libc
+
+HANDLED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
+
+
+class SignalReader:
+    """Call :meth:`open` in the main thread before starting threads or the event loop."""
+
+    def __init__(self) -> None:
+        self.fd = -1
+
+    def open(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        # An inherited SIG_IGN for SIGCHLD would make the kernel auto-reap.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        self.fd = libc.signalfd(HANDLED, libc.SFD_CLOEXEC | libc.SFD_NONBLOCK)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+
+    async def __aiter__(self) -> AsyncIterator[int]:
+        size = libc.SIGNALFD_SIGINFO_SIZE
+        while True:
+            await anyio.wait_readable(self.fd)
+            try:
+                data = os.read(self.fd, size * 32)
+            except BlockingIOError:
+                continue
+            for off in range(0, len(data) - size + 1, size):
+                yield libc.read_siginfo(data[off:off + size])[0]

@@ -1,0 +1,408 @@
+"""Supervision: every container as a unit driven by its restart policy.
+
+The policy model (``supervisor.model.policy``) decides; this module performs its actions
+(Spawn, Kill, WakeAt) with the runtime, a timer per unit and a watch per running
+container, and feeds the outcomes back as events. Everything runs in one anyio task
+group; nothing polls: a container's exit is its pidfd becoming readable, a timer is a
+sleep in a cancel scope, a dependency becoming RUNNING wakes whoever waits for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from ..linux.cgroups import Cgroup, CgroupError, CgroupManager, Limits
+from ..model.config import Config, ContainerConfig, diff_configs, load_config
+from ..model.deps import DependencyGraph
+from ..model.policy import ContainerPolicy, Kill, PolicySettings, Spawn, WakeAt
+from ..model.states import NOT_RUNNING_STATES, State
+from ..runtime import Container, ExitStatus, LaunchError, Runtime, SpecError
+from ..runtime.reaper import Reaper
+from ..runtime.status import read_exit_file
+from ..specs import spec_from_config
+from .store import StateStore, process_start_time
+
+log = structlog.get_logger("nsvisord")
+
+
+@dataclass
+class Unit:
+    """One configured container: its config, its policy and, while it runs, its handle."""
+
+    cfg: ContainerConfig
+    policy: ContainerPolicy
+    container: Container | None = None
+    cgroup: Cgroup | None = None
+    pid_start: int | None = None  # start time of the init, to recognise it after a restart
+    timer: anyio.CancelScope | None = None
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    async def wait_until(self, predicate: Callable[[Unit], bool], timeout: float) -> bool:
+        with anyio.move_on_after(timeout):
+            while not predicate(self):
+                await self.changed.wait()
+            return True
+        return False
+
+
+class Supervisor:
+    """The daemon's supervision service. ``await run()`` inside a task group."""
+
+    def __init__(self, config: Config, *, runtime: Runtime, reaper: Reaper,
+                 cgroups: CgroupManager | None, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.runtime = runtime
+        self.reaper = reaper
+        self.cgroups = cgroups
+        self.clock = clock
+        self.store = StateStore(config.supervisor.state_dir)
+        os.makedirs(config.supervisor.log_dir, exist_ok=True)
+        self.units: dict[str, Unit] = {}
+        self.graph = DependencyGraph.from_containers(config.containers)
+        self._tg: TaskGroup | None = None
+        self._running_changed = anyio.Event()
+        self._reload_lock = anyio.Lock()
+        self.shutting_down = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, tg: TaskGroup) -> None:
+        """Restore what survived the last daemon, then start what should run."""
+        self._tg = tg
+        for cfg in self.config.containers.values():
+            self._restore(cfg)
+        for name in self.store.names():
+            if name not in self.config.containers:
+                await self._discard_stale(name)
+        for name in self._start_order(self.units):
+            unit = self.units[name]
+            if unit.policy.should_autostart():
+                self._apply(unit, unit.policy.start(self.clock()))
+        log.info("supervising", containers=len(self.units))
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop every container, dependents before their dependencies."""
+        self.shutting_down = True
+        await self.stop(list(self.units), save_manual=False, timeout=timeout)
+        log.info("all stopped")
+
+    # ------------------------------------------------------------------ operations
+
+    async def start(self, names: Iterable[str], wait: bool = True) -> dict[str, str | None]:
+        """Start containers (and what they depend on); errors per name, None if ok."""
+        names = list(names)
+        wanted: list[str] = []
+        for name in names:
+            for dep in [*self.graph.dependencies_of(name), name]:
+                if dep not in wanted:
+                    wanted.append(dep)
+        errors: dict[str, str | None] = {}
+        for name in wanted:
+            unit = self.units[name]
+            errors[name] = unit.policy.start_error()
+            self._apply(unit, unit.policy.start(self.clock()))
+        if wait:
+            for name in names:
+                unit = self.units[name]
+                settled = await unit.wait_until(
+                    lambda u: u.policy.state not in (State.STARTING, State.STOPPING),
+                    timeout=unit.cfg.startsecs + 60)
+                if errors.get(name) is None and (not settled or unit.policy.state is not
+                                                 State.RUNNING):
+                    errors[name] = f"spawn error ({unit.policy.state.name.lower()}: " \
+                                   f"{unit.policy.last_exit_reason or 'did not start'})"
+        return {name: errors.get(name) for name in names}
+
+    async def stop(self, names: Iterable[str], *, save_manual: bool = True,
+                   timeout: float | None = None) -> dict[str, str | None]:
+        """Stop containers and, first, whatever depends on them, in dependency waves."""
+        names = list(names)
+        targets: list[str] = []
+        for name in names:
+            for dep in [*self.graph.dependents_of(name), name]:
+                if dep not in targets and dep in self.units:
+                    targets.append(dep)
+        errors = {name: self.units[name].policy.stop_error() for name in names}
+        for wave in self.graph.stop_waves(targets):
+            units = [self.units[n] for n in wave if n in self.units]
+            manual = {u.name: u.policy.manually_stopped for u in units}
+            for unit in units:
+                self._apply(unit, unit.policy.stop(self.clock()))
+                if not save_manual:
+                    unit.policy.manually_stopped = manual[unit.name]
+            async with anyio.create_task_group() as tg:
+                for unit in units:
+                    limit = timeout if timeout is not None else unit.cfg.stop_timeout + 10
+                    tg.start_soon(unit.wait_until,
+                                  lambda u: u.policy.state in NOT_RUNNING_STATES, limit)
+            for unit in units:
+                self._save(unit)
+        return errors
+
+    async def reload(self) -> None:
+        """Reread the config; apply only the difference. A bad file changes nothing."""
+        async with self._reload_lock:
+            await self._reload()
+
+    async def _reload(self) -> None:
+        try:
+            new = load_config(self.config.source)
+        except (OSError, ValueError) as e:
+            log.error("reload rejected", error=str(e))
+            return
+        diff = diff_configs(self.config, new)
+        log.info("reload", added=diff.added, changed=diff.changed, removed=diff.removed)
+        gone = [*diff.removed, *diff.changed]
+        await self.stop([n for n in gone if n in self.units])
+        for name in gone:
+            await self._forget(name)
+        self.config = new
+        self.graph = DependencyGraph.from_containers(new.containers)
+        fresh = [*diff.changed, *diff.added]
+        for name in fresh:
+            self.units[name] = self._new_unit(new.containers[name])
+        for name in self._start_order(fresh):
+            unit = self.units[name]
+            if unit.policy.should_autostart():
+                self._apply(unit, unit.policy.start(self.clock()))
+
+    # ------------------------------------------------------------------ actions
+
+    def _apply(self, unit: Unit, actions: list[Any]) -> None:
+        for action in actions:
+            if isinstance(action, Spawn):
+                if not self.shutting_down:
+                    self._task(self._spawn, unit)
+            elif isinstance(action, Kill):
+                self._kill(unit, action.signal)
+            elif isinstance(action, WakeAt):
+                self._arm(unit, action.when)
+        for old, new in unit.policy.last_transitions:
+            log.info("state", container=unit.name, old=old.name, new=new.name,
+                     restarts=unit.policy.restarts, exit_code=unit.policy.last_exit_code)
+            if new is State.RUNNING or old is State.RUNNING:
+                self._running_changed.set()
+                self._running_changed = anyio.Event()
+        unit.policy.last_transitions = []
+        self._save(unit)
+        unit.notify()
+
+    def _task(self, fn: Callable[..., Any], *args: Any) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(fn, *args)
+
+    async def _spawn(self, unit: Unit) -> None:
+        # A container starts only once everything it depends on is RUNNING.
+        while unit.policy.spawn_pending and not self._dependencies_running(unit):
+            await self._running_changed.wait()
+        if not unit.policy.spawn_pending or self.units.get(unit.name) is not unit:
+            return
+        try:
+            container, cgroup = await anyio.to_thread.run_sync(self._launch, unit.cfg)
+        except (LaunchError, SpecError, CgroupError, OSError) as e:
+            log.warning("spawn failed", container=unit.name, error=str(e))
+            self._apply(unit, unit.policy.spawn_failed(self.clock(), str(e)))
+            return
+        unit.container, unit.cgroup = container, cgroup
+        unit.pid_start = process_start_time(container.pid)
+        log.info("spawned", container=unit.name, pid=container.pid)
+        self._apply(unit, unit.policy.spawned(self.clock()))
+        self._task(self._watch, unit, container)
+
+    def _launch(self, cfg: ContainerConfig) -> tuple[Container, Cgroup | None]:
+        """In a worker thread: cgroup, log files, runtime start."""
+        cgroup = None
+        extra: dict[str, Any] = {}
+        if self.cgroups is not None:
+            self._remove_cgroup(cfg.name)  # a leftover (daemon crash mid-start) dies here
+            cgroup = self.cgroups.create(cfg.name, Limits())
+            extra["cgroup_procs"] = tuple(cgroup.procs_files())
+        out_path = os.path.join(self.config.supervisor.log_dir, f"{cfg.name}.out.log")
+        err_path = os.path.join(self.config.supervisor.log_dir, f"{cfg.name}.err.log")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        out = os.open(out_path, flags, 0o640)
+        err = out if cfg.log.merge else os.open(err_path, flags, 0o640)
+        try:
+            container = self.runtime.start(spec_from_config(cfg, **extra), stdout=out,
+                                           stderr=err, exit_file=self.store.exit_file(cfg.name))
+        except BaseException:
+            if cgroup is not None:
+                self._destroy_cgroup(cgroup)
+            raise
+        finally:
+            os.close(out)
+            if err != out:
+                os.close(err)
+        return container, cgroup
+
+    async def _watch(self, unit: Unit, container: Container) -> None:
+        """Wait for the container to exit (its pidfd turns readable), then report it."""
+        status = container.poll()
+        while status is None:
+            assert container.pidfd is not None
+            await anyio.wait_readable(container.pidfd)
+            status = container.poll()
+            if status is None:  # readable but not yet reaped: SIGCHLD is on its way
+                await anyio.sleep(0.001)
+        await self._cleanup(unit, container)
+        log.info("exited", container=unit.name, pid=container.pid, status=status.describe())
+        self._apply(unit, unit.policy.exited(self.clock(), status.exit_code,
+                                             status.describe()))
+
+    async def _cleanup(self, unit: Unit, container: Container) -> None:
+        container.close()
+        if unit.container is container:
+            unit.container = None
+            unit.pid_start = None
+        if unit.cgroup is not None:
+            cgroup, unit.cgroup = unit.cgroup, None
+            await anyio.to_thread.run_sync(self._destroy_cgroup, cgroup)
+
+    def _kill(self, unit: Unit, sig: int) -> None:
+        container = unit.container
+        if container is None:
+            return
+        log.info("signal", container=unit.name, signal=signal.Signals(sig).name)
+        if sig == signal.SIGKILL:
+            container.kill()
+            if unit.cgroup is not None:  # what escaped the init's session or namespace
+                self._task(anyio.to_thread.run_sync, unit.cgroup.kill_all)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                container.signal(sig)
+
+    def _arm(self, unit: Unit, when: float) -> None:
+        if unit.timer is not None:
+            unit.timer.cancel()
+        scope = anyio.CancelScope()
+        unit.timer = scope
+        self._task(self._timer, unit, scope, when)
+
+    async def _timer(self, unit: Unit, scope: anyio.CancelScope, when: float) -> None:
+        with scope:
+            await anyio.sleep(max(0.0, when - self.clock()))
+            unit.timer = None
+            self._apply(unit, unit.policy.tick(self.clock()))
+
+    # ------------------------------------------------------------------ live restore
+
+    def _new_unit(self, cfg: ContainerConfig) -> Unit:
+        return Unit(cfg, ContainerPolicy.from_config(cfg))
+
+    def _restore(self, cfg: ContainerConfig) -> None:
+        """Re-adopt the container a previous daemon left running, or learn how it ended."""
+        unit = self._new_unit(cfg)
+        self.units[cfg.name] = unit
+        data = self.store.load(cfg.name)
+        if not data:
+            return
+        try:
+            unit.policy = ContainerPolicy.from_dict(data["policy"],
+                                                    PolicySettings.from_config(cfg))
+        except (KeyError, ValueError, TypeError) as e:
+            log.warning("state unreadable; starting afresh", container=cfg.name, error=str(e))
+            return
+        pid, pid_start = data.get("pid"), data.get("pid_start")
+        now = self.clock()
+        if pid and pid_start and process_start_time(pid) == pid_start:
+            try:
+                unit.container = Container(spec_from_config(cfg), pid, reaper=self.reaper,
+                                           exit_file=self.store.exit_file(cfg.name))
+            except ProcessLookupError:
+                unit.container = None
+        if unit.container is not None:
+            unit.pid_start = pid_start
+            if self.cgroups is not None:
+                unit.cgroup = self.cgroups.open(cfg.name)
+            log.info("re-adopted", container=cfg.name, pid=pid,
+                     state=unit.policy.state.name, restarts=unit.policy.restarts)
+            self._task(self._watch, unit, unit.container)
+            if unit.policy.wake_at is not None:
+                self._arm(unit, unit.policy.wake_at)
+            return
+        actions: list[Any] = []
+        if unit.policy.spawn_pending:
+            actions = unit.policy.spawn_failed(now, "nsvisord died while starting it")
+        elif unit.policy.process_alive:
+            status = read_exit_file(self.store.exit_file(cfg.name)) or ExitStatus(255)
+            log.info("exited while nsvisord was down", container=cfg.name, pid=pid,
+                     status=status.describe())
+            actions = unit.policy.exited(now, status.exit_code, status.describe())
+        if self.cgroups is not None:
+            self._remove_cgroup(cfg.name)
+        self._apply(unit, actions)
+        if unit.policy.wake_at is not None and not any(isinstance(a, WakeAt) for a in actions):
+            self._arm(unit, unit.policy.wake_at)
+
+    async def _discard_stale(self, name: str) -> None:
+        """A container the config no longer has, left running by a previous daemon."""
+        data = self.store.load(name) or {}
+        pid, pid_start = data.get("pid"), data.get("pid_start")
+        if pid and pid_start and process_start_time(pid) == pid_start:
+            log.info("stopping container removed from the config", container=name, pid=pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.cgroups is not None:
+            await anyio.to_thread.run_sync(self._remove_cgroup, name)
+        self.store.remove(name)
+
+    async def _forget(self, name: str) -> None:
+        unit = self.units.pop(name, None)
+        if unit is not None and unit.timer is not None:
+            unit.timer.cancel()
+        self.store.remove(name)
+        self.runtime.ids.release(name)
+
+    def _save(self, unit: Unit) -> None:
+        if self.units.get(unit.name) is not unit:
+            return
+        container = unit.container
+        self.store.save(unit.name, {
+            "policy": unit.policy.to_dict(),
+            "pid": container.pid if container else None,
+            "pid_start": unit.pid_start if container else None,
+        })
+
+    # ------------------------------------------------------------------ helpers
+
+    def container_pids(self) -> set[int]:
+        return {u.container.pid for u in self.units.values() if u.container is not None}
+
+    def _dependencies_running(self, unit: Unit) -> bool:
+        return all(self.units[d].policy.state is State.RUNNING
+                   for d in unit.cfg.depends_on if d in self.units)
+
+    def _start_order(self, names: Iterable[str]) -> list[str]:
+        return self.graph.start_order(list(names))
+
+    def _remove_cgroup(self, name: str) -> None:
+        assert self.cgroups is not None
+        cgroup = self.cgroups.open(name)
+        if cgroup is not None:
+            self._destroy_cgroup(cgroup)
+
+    @staticmethod
+    def _destroy_cgroup(cgroup: Cgroup) -> None:
+        try:
+            cgroup.kill_all()
+            cgroup.destroy()
+        except CgroupError as e:
+            log.warning("cgroup cleanup failed", cgroup=cgroup.name, error=str(e))

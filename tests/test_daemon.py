@@ -1,0 +1,229 @@
+"""nsvisord with real containers: policies, reload, shutdown order, escalation, live restore."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import RUN_ID
+from .daemon_harness import Daemon, wait_for
+
+pytestmark = pytest.mark.root
+_counter = iter(range(10_000))
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path, f"d{RUN_ID}{next(_counter)}")
+    try:
+        yield d
+    finally:
+        d.cleanup()
+
+
+def ts(event: dict) -> float:
+    return datetime.datetime.fromisoformat(event["timestamp"]).timestamp()
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_bad_config_exits_2_naming_file_and_key(daemon: Daemon) -> None:
+    daemon.write_config('[containers.{p}-a]\ncommand = ["/bin/true"]\n'
+                        'backoff = { max = "10x" }\n')
+    proc = daemon.start()
+    assert proc.wait(20) == 2
+    err = daemon.log_text()
+    assert str(daemon.config) in err
+    assert f"containers.{daemon.name('a')}.backoff.max" in err
+    assert not daemon.state_dir.exists(), "a bad config must change nothing"
+
+
+def test_on_failure_retries_with_backoff_then_fatal(daemon: Daemon) -> None:
+    daemon.write_config('[containers.{p}-f]\ncommand = ["/bin/sh", "-c", "exit 3"]\n'
+                        'startsecs = "500ms"\nmax_retries = 2\nrestart = "on-failure"\n'
+                        'backoff = { initial = "200ms", factor = 2.0, max = "5s" }\n')
+    daemon.start()
+    state = daemon.wait_state("f", "FATAL")
+    assert state["last_exit_code"] == 3
+    spawns = [ts(e) for e in daemon.events("spawned", "f")]
+    assert len(spawns) == 3  # 1 try + 2 retries
+    gaps = [b - a for a, b in zip(spawns, spawns[1:], strict=False)]
+    # Each gap is the backoff delay (0.2 s, then 0.4 s) plus the launch time.
+    assert 0.2 <= gaps[0] < 0.2 + 0.25, gaps
+    assert 0.4 <= gaps[1] < 0.4 + 0.25, gaps
+
+
+def test_always_restarts_a_clean_exit_and_no_never_does(daemon: Daemon) -> None:
+    daemon.write_config(
+        '[containers.{p}-always]\ncommand = ["/bin/sh", "-c", "sleep 0.3"]\n'
+        'startsecs = "100ms"\nrestart = "always"\nbackoff = { initial = "100ms" }\n\n'
+        '[containers.{p}-never]\ncommand = ["/bin/sh", "-c", "sleep 0.3"]\n'
+        'startsecs = "100ms"\nrestart = "no"\n')
+    daemon.start()
+    wait_for(lambda: daemon.state("always").get("restarts", 0) >= 2, 15, "two restarts")
+    never = daemon.wait_state("never", "EXITED")
+    assert never["last_exit_code"] == 0
+    time.sleep(1.0)
+    assert daemon.state("never")["state"] == "EXITED"
+    assert daemon.state("never")["restarts"] == 0
+
+
+def test_dependencies_start_in_order_and_stop_in_reverse(daemon: Daemon) -> None:
+    daemon.write_config(
+        '[containers.{p}-db]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = "300ms"\n\n'
+        '[containers.{p}-app]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = "300ms"\n'
+        'depends_on = ["{p}-db"]\n\n'
+        '[containers.{p}-web]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = "300ms"\n'
+        'depends_on = ["{p}-app"]\n')
+    daemon.start()
+    for name in ("db", "app", "web"):
+        daemon.wait_state(name, "RUNNING")
+    spawned = {e["container"]: ts(e) for e in daemon.events("spawned")}
+    running = {e["container"]: ts(e) for e in daemon.events("state") if e["new"] == "RUNNING"}
+    n = daemon.name
+    assert spawned[n("app")] >= running[n("db")]
+    assert spawned[n("web")] >= running[n("app")]
+    assert daemon.stop() == 0
+    exited = [e["container"] for e in daemon.events("exited")]
+    assert exited == [n("web"), n("app"), n("db")]
+    for name in ("db", "app", "web"):
+        assert daemon.state(name)["state"] == "STOPPED"
+
+
+def test_stop_escalates_to_sigkill_and_nothing_survives(daemon: Daemon) -> None:
+    daemon.write_config(
+        '[containers.{p}-stubborn]\n'
+        'command = ["/bin/sh", "-c", "trap \'\' TERM; sleep 1000 & sleep 1000 & wait"]\n'
+        'startsecs = "200ms"\nstop_timeout = "1s"\n')
+    daemon.start()
+    daemon.wait_state("stubborn", "RUNNING")
+    procs = Path(f"/sys/fs/cgroup/pids/nsvisor/{daemon.name('stubborn')}/cgroup.procs")
+    pids = wait_for(lambda: [int(p) for p in procs.read_text().split()] if procs.exists()
+                    and len(procs.read_text().split()) >= 4 else None, 10, "4 processes")
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started >= 1.0  # the stop signal was ignored until SIGKILL
+    kills = [e["signal"] for e in daemon.events("signal", "stubborn")]
+    assert kills == ["SIGTERM", "SIGKILL"]
+    assert not [p for p in pids if alive(p)]
+    assert not procs.parent.exists()
+
+
+def test_sighup_applies_only_the_difference(daemon: Daemon) -> None:
+    base = ('[containers.{p}-same]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n\n'
+            '[containers.{p}-changed]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n\n'
+            '[containers.{p}-removed]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n')
+    daemon.write_config(base)
+    daemon.start()
+    before = {n: daemon.wait_state(n, "RUNNING")["pid"] for n in ("same", "changed", "removed")}
+    # A bad file first: rejected, nothing changes.
+    daemon.write_config(base + "[containers.{p}-bad]\ncommand = []\n")
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: daemon.events("reload rejected"), 10, "the rejection")
+    assert {n: daemon.state(n)["pid"] for n in before} == before
+    daemon.write_config(
+        '[containers.{p}-same]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n\n'
+        '[containers.{p}-changed]\ncommand = ["/bin/sleep", "999"]\nstartsecs = 0\n\n'
+        '[containers.{p}-added]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n')
+    daemon.signal(signal.SIGHUP)
+    added = daemon.wait_state("added", "RUNNING")
+    changed = wait_for(lambda: (s := daemon.state("changed")).get("state") == "RUNNING"
+                       and s["pid"] != before["changed"] and s, 10, "changed restarted")
+    assert daemon.state("same")["pid"] == before["same"]
+    assert alive(before["same"])
+    assert changed["pid"] != before["changed"] and not alive(before["changed"])
+    assert daemon.state("removed") == {} and not alive(before["removed"])
+    assert added["pid"]
+
+
+def test_live_restore_after_kill_9(daemon: Daemon) -> None:
+    daemon.write_config(
+        '[containers.{p}-steady]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n\n'
+        '[containers.{p}-flaky]\ncommand = ["/bin/sh", "-c", "sleep 0.5; exit 9"]\n'
+        'startsecs = "100ms"\nrestart = "on-failure"\nbackoff = { initial = "100ms" }\n\n'
+        '[containers.{p}-dies]\ncommand = ["/bin/sh", "-c", "sleep 1.5; exit 7"]\n'
+        'startsecs = "100ms"\nrestart = "on-failure"\nbackoff = { initial = "100ms" }\n')
+    daemon.start()
+    steady = daemon.wait_state("steady", "RUNNING")
+    wait_for(lambda: daemon.state("flaky").get("restarts", 0) >= 1, 10, "a flaky restart")
+    dies = daemon.wait_state("dies", "RUNNING")
+    daemon.crash()
+    flaky_restarts = daemon.state("flaky")["restarts"]
+    assert alive(steady["pid"]) and alive(dies["pid"]), "containers must outlive the daemon"
+    wait_for(lambda: not alive(dies["pid"]), 10, "dies to exit while the daemon is down")
+    daemon.start()
+    wait_for(lambda: daemon.events("re-adopted", "steady"), 10, "re-adoption")
+    assert daemon.state("steady")["pid"] == steady["pid"], "re-adopted, not restarted"
+    assert daemon.state("steady")["restarts"] == 0
+    assert not daemon.events("spawned", "steady")[1:], "steady was started twice"
+    assert daemon.state("flaky")["restarts"] >= flaky_restarts, "counters survive"
+    # The one that died while we were away: its exact status, and its policy applied.
+    down = wait_for(lambda: daemon.events("exited while nsvisord was down", "dies"), 10)
+    assert down[0]["status"] == "exit status 7"
+    restarted = wait_for(lambda: (s := daemon.state("dies")).get("restarts", 0) >= 1 and s, 10)
+    assert restarted["last_exit_code"] in (7, None) or restarted["state"] in ("RUNNING",
+                                                                              "STARTING")
+    # A daemon that was stopped properly leaves nothing to restore.
+    assert daemon.stop() == 0
+    assert not alive(steady["pid"])
+
+
+def test_daemon_as_pid1_reaps_orphans(daemon: Daemon, tmp_path: Path) -> None:
+    daemon.write_config('[containers.{p}-x]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n')
+    # nsvisord as pid 1 of a fresh PID namespace (with its own /proc).
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, "-m",
+         "supervisor.daemon.main", "-c", str(daemon.config)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=open(daemon.stderr_path, "a"))  # noqa: SIM115
+    try:
+        daemon.wait_state("x", "RUNNING")
+        ns_pid = wait_for(lambda: _child_of(proc.pid), 10, "nsvisord inside unshare")
+        # Make orphans inside its PID namespace: they are re-parented to nsvisord.
+        subprocess.run(["nsenter", "-t", str(ns_pid), "-p", "-m", "--", "/bin/sh", "-c",
+                        "for i in 1 2 3 4 5; do (sleep 0.1 &) ; done"], check=True, timeout=10)
+        time.sleep(0.5)
+        zombies = [p for p in _children(ns_pid) if not alive(p)]
+        assert zombies == []
+        assert alive(ns_pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _child_of(pid: int) -> int | None:
+    kids = _children(pid)
+    return kids[0] if kids else None
+
+
+def test_containers_are_in_their_own_session(daemon: Daemon) -> None:
+    daemon.write_config('[containers.{p}-s]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n')
+    daemon.start()
+    pid = daemon.wait_state("s", "RUNNING")["pid"]
+    assert os.getsid(pid) != os.getsid(daemon.proc.pid)
