@@ -1,8 +1,8 @@
 """A tour of the runtime: run each container of a config once and show what it sees.
 
-``python -m supervisor.demo [config/demo.toml]`` - the README's main job until the
-daemon (``nsvisord``) lands. Each container runs to completion in its own namespaces;
-its output is printed under its name, with the exit status and launch time.
+``python -m supervisor.demo [config/tour.toml]`` - the runtime alone, no daemon: each
+container runs to completion in its own namespaces; its output is printed under its
+name, with the exit status and launch time. For people learning what a container is.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .specs import spec_from_config
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    path = args[0] if args else "config/demo.toml"
+    path = args[0] if args else "config/tour.toml"
     if os.geteuid() != 0:
         print("demo: run as root (containers need namespaces and mounts)", file=sys.stderr)
         return 2

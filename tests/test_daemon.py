@@ -227,3 +227,19 @@ def test_containers_are_in_their_own_session(daemon: Daemon) -> None:
     daemon.start()
     pid = daemon.wait_state("s", "RUNNING")["pid"]
     assert os.getsid(pid) != os.getsid(daemon.proc.pid)
+
+
+def test_sigusr2_reopens_the_log_file(daemon: Daemon, tmp_path: Path) -> None:
+    log_file = tmp_path / "nsvisord.json"
+    daemon.write_config('[containers.{p}-l]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n')
+    daemon.start("--log-file", str(log_file))
+    daemon.wait_state("l", "RUNNING")
+    wait_for(lambda: log_file.exists() and '"started"' in log_file.read_text(), 10)
+    rotated = tmp_path / "nsvisord.json.1"
+    log_file.rename(rotated)  # what logrotate does
+    daemon.signal(signal.SIGUSR2)
+    wait_for(lambda: log_file.exists() and "log file reopened" in log_file.read_text(), 10,
+             "a fresh log file")
+    assert daemon.stop() == 0
+    assert '"all stopped"' in log_file.read_text()
+    assert '"all stopped"' not in rotated.read_text()

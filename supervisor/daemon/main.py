@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the TOML config (default {DEFAULT_CONFIG})")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-file", metavar="PATH",
+                        help="append the daemon's log here (reopened on SIGUSR2) "
+                             "instead of stderr")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -41,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("nsvisord: must run as root (namespaces, mounts, cgroups)", file=sys.stderr)
         return 1
-    logs.configure(args.log_level)
+    try:
+        logs.configure(args.log_level, args.log_file)
+    except OSError as e:
+        print(f"nsvisord: cannot open --log-file {args.log_file}: {e.strerror}",
+              file=sys.stderr)
+        return 2
     signals = SignalReader()
     signals.open()  # before any thread exists, so every thread inherits the mask
     runtime = Runtime(reaper=DEFAULT_REAPER)
@@ -83,8 +91,8 @@ async def _serve(config, runtime: Runtime, reaper: Reaper, cgroups: CgroupManage
                 break
             elif signo == signal.SIGHUP:
                 tg.start_soon(supervisor.reload)
-            elif signo == signal.SIGUSR2:
-                log.info("logs reopened")  # structlog writes stderr unbuffered, per line
+            elif signo == signal.SIGUSR2 and logs.reopen():
+                log.info("log file reopened")
         await supervisor.shutdown()
         tg.cancel_scope.cancel()
 
