@@ -15,6 +15,7 @@ from ..model.config import ConfigError, load_config
 from ..runtime import Runtime
 from ..runtime.reaper import DEFAULT_REAPER, Reaper
 from . import logs
+from .api import ApiServer
 from .signals import SignalReader
 from .supervisor import Supervisor
 
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         anyio.run(_serve, config, runtime, DEFAULT_REAPER, _cgroups(), signals,
                   backend="asyncio")
+    except OSError as e:  # e.g. the control socket is taken by a running nsvisord
+        log.error("fatal", error=str(e))
+        print(f"nsvisord: {e}", file=sys.stderr)
+        return 1
     finally:
         runtime.close()
         signals.close()
@@ -75,26 +80,34 @@ def _cgroups() -> CgroupManager | None:
 async def _serve(config, runtime: Runtime, reaper: Reaper, cgroups: CgroupManager | None,
                  signals: SignalReader) -> None:
     supervisor = Supervisor(config, runtime=runtime, reaper=reaper, cgroups=cgroups)
+    api = ApiServer(supervisor)
     async with anyio.create_task_group() as tg:
+        await tg.start(api.serve, config.supervisor.socket, config.supervisor.socket_group)
         await supervisor.run(tg)
+        tg.start_soon(_handle_signals, signals, supervisor, reaper)
         log.info("started", pid=os.getpid(), config=config.source)
-        async for signo in signals:
-            if signo == signal.SIGCHLD:
-                # The one place that reaps: containers' statuses wait in the reaper for
-                # their watchers; anything else (orphans, when we are pid 1) is dropped.
-                ours = supervisor.container_pids()
-                for pid, _status in reaper.reap_all():
-                    if pid not in ours:
-                        reaper.forget(pid)
-            elif signo in (signal.SIGTERM, signal.SIGINT):
-                log.info("shutting down", signal=signal.Signals(signo).name)
-                break
-            elif signo == signal.SIGHUP:
-                tg.start_soon(supervisor.reload)
-            elif signo == signal.SIGUSR2 and logs.reopen():
-                log.info("log file reopened")
+        await supervisor.shutdown_requested.wait()
         await supervisor.shutdown()
         tg.cancel_scope.cancel()
+
+
+async def _handle_signals(signals: SignalReader, supervisor: Supervisor,
+                          reaper: Reaper) -> None:
+    async for signo in signals:
+        if signo == signal.SIGCHLD:
+            # The one place that reaps: statuses of children someone waits for stay in
+            # the reaper for them; anything else (orphans, when we are pid 1) is dropped.
+            owned = supervisor.owned_pids()
+            for pid, _status in reaper.reap_all():
+                if pid not in owned:
+                    reaper.forget(pid)
+        elif signo in (signal.SIGTERM, signal.SIGINT):
+            log.info("shutting down", signal=signal.Signals(signo).name)
+            supervisor.shutdown_requested.set()
+        elif signo == signal.SIGHUP:
+            supervisor.spawn_task(supervisor.reload)
+        elif signo == signal.SIGUSR2 and logs.reopen():
+            log.info("log file reopened")
 
 
 if __name__ == "__main__":

@@ -25,14 +25,20 @@ from ..linux.cgroups import Cgroup, CgroupError, CgroupManager, Limits
 from ..model.config import Config, ContainerConfig, diff_configs, load_config
 from ..model.deps import DependencyGraph
 from ..model.policy import ContainerPolicy, Kill, PolicySettings, Spawn, WakeAt
-from ..model.states import NOT_RUNNING_STATES, State
+from ..model.states import NOT_RUNNING_STATES, SIGNALLABLE_STATES, State
 from ..runtime import Container, ExitStatus, LaunchError, Runtime, SpecError
 from ..runtime.reaper import Reaper
 from ..runtime.status import read_exit_file
 from ..specs import spec_from_config
+from .events import EventBus
 from .store import StateStore, process_start_time
 
 log = structlog.get_logger("nsvisord")
+HISTORY = 10  # exits remembered per container (inspect's restart history)
+
+
+class ExecRefused(Exception):
+    """exec into a container that is not running."""
 
 
 @dataclass
@@ -44,6 +50,7 @@ class Unit:
     container: Container | None = None
     cgroup: Cgroup | None = None
     pid_start: int | None = None  # start time of the init, to recognise it after a restart
+    history: list[dict[str, Any]] = field(default_factory=list)  # last exits, newest last
     timer: anyio.CancelScope | None = None
     changed: anyio.Event = field(default_factory=anyio.Event)
 
@@ -81,6 +88,9 @@ class Supervisor:
         self._running_changed = anyio.Event()
         self._reload_lock = anyio.Lock()
         self.shutting_down = False
+        self.shutdown_requested = anyio.Event()
+        self.events = EventBus()
+        self._exec_pids: set[int] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -164,22 +174,156 @@ class Supervisor:
 
     async def _reload(self) -> None:
         try:
-            new = load_config(self.config.source)
+            new = await anyio.to_thread.run_sync(load_config, self.config.source)
         except (OSError, ValueError) as e:
             log.error("reload rejected", error=str(e))
+            self.events.publish("reload", ok=False, error=str(e))
             return
-        diff = diff_configs(self.config, new)
+        diff = diff_configs(self._active_config(), new)
         log.info("reload", added=diff.added, changed=diff.changed, removed=diff.removed)
-        gone = [*diff.removed, *diff.changed]
+        self.events.publish("reload", ok=True, added=diff.added, changed=diff.changed,
+                            removed=diff.removed)
+        await self._apply_diff(new, diff.added, diff.changed, diff.removed)
+
+    async def signal(self, names: Iterable[str], sig: int) -> dict[str, str | None]:
+        """Send ``sig`` to each container's init, which forwards it to the workload."""
+        errors: dict[str, str | None] = {}
+        for name in names:
+            unit = self.units[name]
+            if unit.container is None or unit.policy.state not in SIGNALLABLE_STATES:
+                errors[name] = "not running"
+                continue
+            self._kill(unit, sig)
+            errors[name] = None
+        return errors
+
+    def resolve(self, specs: Iterable[str], pool: Iterable[str] | None = None) -> list[str]:
+        """``NAME``, ``GROUP:*`` or ``all`` to names, in config order; KeyError naming
+        the unknown ones."""
+        known = list(self.units if pool is None else pool)
+        out: list[str] = []
+        unknown: list[str] = []
+        for spec in specs:
+            if spec == "all":
+                matched = known
+            elif spec.endswith(":*") or spec.endswith(":"):
+                group = spec.rsplit(":", 1)[0]
+                matched = [n for n in known if self._group_of(n) == group]
+            else:
+                matched = [spec] if spec in known else []
+            if not matched:
+                unknown.append(spec)
+            out.extend(n for n in matched if n not in out)
+        if unknown:
+            raise KeyError(", ".join(unknown))
+        return out
+
+    def _group_of(self, name: str) -> str:
+        cfg = self.units[name].cfg if name in self.units else self.config.containers[name]
+        return cfg.group or name
+
+    async def reread(self) -> dict[str, list[str]]:
+        """What the config file would change, applied to nothing (ValueError if bad)."""
+        new = await anyio.to_thread.run_sync(load_config, self.config.source)
+        self._pending = new
+        diff = diff_configs(self._active_config(), new)
+        return {"added": diff.added, "changed": diff.changed, "removed": diff.removed}
+
+    async def update(self, names: Iterable[str] = ()) -> dict[str, list[str]]:
+        """Apply the config file's difference (all of it, or for ``names`` only)."""
+        async with self._reload_lock:
+            new = await anyio.to_thread.run_sync(load_config, self.config.source)
+            diff = diff_configs(self._active_config(), new)
+            only = set(names)
+            pick = (lambda ns: [n for n in ns if n in only]) if only else list
+            await self._apply_diff(new, pick(diff.added), pick(diff.changed),
+                                   pick(diff.removed))
+            return {"added": pick(diff.added), "changed": pick(diff.changed),
+                    "removed": pick(diff.removed)}
+
+    async def add(self, names: Iterable[str]) -> dict[str, str | None]:
+        """Activate containers the config file has and the daemon does not run yet."""
+        new = await anyio.to_thread.run_sync(load_config, self.config.source)
+        errors: dict[str, str | None] = {}
+        for name in names:
+            if name in self.units:
+                errors[name] = "already active"
+            elif name not in new.containers:
+                errors[name] = "not in the config file (reread first?)"
+            else:
+                await self._apply_diff(new, [name], [], [])
+                errors[name] = None
+        return errors
+
+    async def remove(self, names: Iterable[str]) -> dict[str, str | None]:
+        """Deactivate stopped containers (they stay in the file: see ``avail``)."""
+        errors: dict[str, str | None] = {}
+        for name in names:
+            unit = self.units[name]
+            if unit.policy.state not in NOT_RUNNING_STATES:
+                errors[name] = "still running (stop it first)"
+                continue
+            await self._forget(name)
+            errors[name] = None
+        self.graph = DependencyGraph.from_containers(self._active_containers())
+        return errors
+
+    async def avail(self) -> list[dict[str, Any]]:
+        new = await anyio.to_thread.run_sync(load_config, self.config.source)
+        names = list(new.containers) + [n for n in self.units if n not in new.containers]
+        out = []
+        for name in names:
+            cfg = new.containers.get(name) or self.units[name].cfg
+            out.append({"name": name, "in_use": name in self.units, "autostart": cfg.autostart,
+                        "priority": cfg.priority, "group": cfg.group or name})
+        return out
+
+    async def restart_all(self) -> None:
+        """supervisorctl's ``reload``: stop everything, reread, start what autostarts."""
+        async with self._reload_lock:
+            await self.stop(list(self.units), save_manual=False)
+            new = await anyio.to_thread.run_sync(load_config, self.config.source)
+            for name in list(self.units):
+                await self._forget(name, keep_ids=True)
+            await self._apply_diff(new, list(new.containers), [], [])
+
+    def status(self, name: str) -> dict[str, Any]:
+        unit = self.units[name]
+        policy, container = unit.policy, unit.container
+        now_mono, now = self.clock(), time.time()
+        uptime = None
+        if policy.state is State.RUNNING and policy.running_since is not None:
+            uptime = max(0.0, now_mono - policy.running_since)
+        return {
+            "name": name, "group": unit.cfg.group or name, "state": policy.state.name,
+            "pid": container.pid if container else None, "restarts": policy.restarts,
+            "exit_code": policy.last_exit_code, "uptime_seconds": uptime,
+            "description": _description(policy, container, uptime, now_mono, now),
+            "last_exit_reason": policy.last_exit_reason,
+            "started_at": container.started_at if container else None,
+        }
+
+    def _active_config(self) -> Config:
+        return Config(self.config.supervisor, self._active_containers(), self.config.source)
+
+    def _active_containers(self) -> dict[str, ContainerConfig]:
+        return {name: unit.cfg for name, unit in self.units.items()}
+
+    async def _apply_diff(self, new: Config, added: list[str], changed: list[str],
+                          removed: list[str]) -> None:
+        gone = [*removed, *changed]
         await self.stop([n for n in gone if n in self.units])
         for name in gone:
-            await self._forget(name)
+            await self._forget(name, keep_ids=name in changed)
         self.config = new
-        self.graph = DependencyGraph.from_containers(new.containers)
-        fresh = [*diff.changed, *diff.added]
-        for name in fresh:
+        containers = self._active_containers()
+        for name in [*changed, *added]:
+            containers[name] = new.containers[name]
+        self.graph = DependencyGraph.from_containers(
+            {n: c for n, c in containers.items() if all(d in containers for d in c.depends_on)})
+        for name in [*changed, *added]:
             self.units[name] = self._new_unit(new.containers[name])
-        for name in self._start_order(fresh):
+        for name in self._start_order([*changed, *added]):
             unit = self.units[name]
             if unit.policy.should_autostart():
                 self._apply(unit, unit.policy.start(self.clock()))
@@ -198,6 +342,9 @@ class Supervisor:
         for old, new in unit.policy.last_transitions:
             log.info("state", container=unit.name, old=old.name, new=new.name,
                      restarts=unit.policy.restarts, exit_code=unit.policy.last_exit_code)
+            self.events.publish("state", container=unit.name, old=old.name, new=new.name,
+                                restarts=unit.policy.restarts,
+                                exit_code=unit.policy.last_exit_code)
             if new is State.RUNNING or old is State.RUNNING:
                 self._running_changed.set()
                 self._running_changed = anyio.Event()
@@ -224,6 +371,7 @@ class Supervisor:
         unit.container, unit.cgroup = container, cgroup
         unit.pid_start = process_start_time(container.pid)
         log.info("spawned", container=unit.name, pid=container.pid)
+        self.events.publish("spawned", container=unit.name, pid=container.pid)
         self._apply(unit, unit.policy.spawned(self.clock()))
         self._task(self._watch, unit, container)
 
@@ -237,6 +385,7 @@ class Supervisor:
             extra["cgroup_procs"] = tuple(cgroup.procs_files())
         out_path = os.path.join(self.config.supervisor.log_dir, f"{cfg.name}.out.log")
         err_path = os.path.join(self.config.supervisor.log_dir, f"{cfg.name}.err.log")
+        # (log_path() answers for a running unit; at launch the config decides.)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         out = os.open(out_path, flags, 0o640)
         err = out if cfg.log.merge else os.open(err_path, flags, 0o640)
@@ -264,6 +413,7 @@ class Supervisor:
                 await anyio.sleep(0.001)
         await self._cleanup(unit, container)
         log.info("exited", container=unit.name, pid=container.pid, status=status.describe())
+        self._record_exit(unit, status, container.pid)
         self._apply(unit, unit.policy.exited(self.clock(), status.exit_code,
                                              status.describe()))
 
@@ -314,6 +464,7 @@ class Supervisor:
         data = self.store.load(cfg.name)
         if not data:
             return
+        unit.history = list(data.get("history") or [])[-HISTORY:]
         try:
             unit.policy = ContainerPolicy.from_dict(data["policy"],
                                                     PolicySettings.from_config(cfg))
@@ -345,6 +496,7 @@ class Supervisor:
             status = read_exit_file(self.store.exit_file(cfg.name)) or ExitStatus(255)
             log.info("exited while nsvisord was down", container=cfg.name, pid=pid,
                      status=status.describe())
+            self._record_exit(unit, status, pid)
             actions = unit.policy.exited(now, status.exit_code, status.describe())
         if self.cgroups is not None:
             self._remove_cgroup(cfg.name)
@@ -364,12 +516,15 @@ class Supervisor:
             await anyio.to_thread.run_sync(self._remove_cgroup, name)
         self.store.remove(name)
 
-    async def _forget(self, name: str) -> None:
+    async def _forget(self, name: str, *, keep_ids: bool = False) -> None:
+        """Drop a unit. A container that is only being replaced keeps its user-namespace
+        id range, so the files it wrote stay its own."""
         unit = self.units.pop(name, None)
         if unit is not None and unit.timer is not None:
             unit.timer.cancel()
         self.store.remove(name)
-        self.runtime.ids.release(name)
+        if not keep_ids:
+            self.runtime.ids.release(name)
 
     def _save(self, unit: Unit) -> None:
         if self.units.get(unit.name) is not unit:
@@ -379,12 +534,62 @@ class Supervisor:
             "policy": unit.policy.to_dict(),
             "pid": container.pid if container else None,
             "pid_start": unit.pid_start if container else None,
+            "history": unit.history,
         })
+
+    def _record_exit(self, unit: Unit, status: ExitStatus, pid: int | None) -> None:
+        at = status.finished_at or time.time()
+        unit.history = [*unit.history, {"exit_code": status.exit_code,
+                                        "reason": status.describe(), "at": at}][-HISTORY:]
+        self.events.publish("exited", container=unit.name, pid=pid,
+                            exit_code=status.exit_code, reason=status.describe())
 
     # ------------------------------------------------------------------ helpers
 
-    def container_pids(self) -> set[int]:
-        return {u.container.pid for u in self.units.values() if u.container is not None}
+    def owned_pids(self) -> set[int]:
+        """Children someone waits for: container inits and running execs."""
+        pids = {u.container.pid for u in self.units.values() if u.container is not None}
+        return pids | self._exec_pids
+
+    def log_path(self, name: str, stream: str) -> str:
+        unit = self.units[name]
+        suffix = "out" if stream == "stdout" or unit.cfg.log.merge else "err"
+        return os.path.join(self.config.supervisor.log_dir, f"{name}.{suffix}.log")
+
+    def spawn_task(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` in the daemon's task group (e.g. a stop nobody waits for)."""
+        self._task(fn, *args)
+
+    async def exec(self, name: str, command: list[str], env: dict[str, str],
+                   stdio: tuple[int, int, int], tty: bool) -> int:
+        """Run ``command`` inside the running container ``name``; its exit code."""
+        from ..runtime.enter import spawn_enter  # only the exec path needs it
+
+        unit = self.units[name]
+        if unit.container is None or unit.policy.state not in SIGNALLABLE_STATES:
+            raise ExecRefused(f"{name} is not running ({unit.policy.state.name})")
+        spec = spec_from_config(unit.cfg)
+        request = {
+            "pid": unit.container.pid, "namespaces": list(spec.namespaces),
+            "command": command, "env": {**spec.env, **env}, "uid": spec.uid, "gid": spec.gid,
+            "groups": list(spec.groups), "capabilities": list(spec.capabilities),
+            "no_new_privs": spec.no_new_privs, "workdir": spec.workdir, "tty": tty,
+        }
+        pid = await anyio.to_thread.run_sync(spawn_enter, request, stdio, tty)
+        self._exec_pids.add(pid)
+        log.info("exec", container=name, pid=pid, command=command[0])
+        try:
+            pidfd = os.pidfd_open(pid)
+            try:
+                raw = self.reaper.collect(pid)
+                while raw is None:
+                    await anyio.wait_readable(pidfd)
+                    raw = self.reaper.collect(pid)
+            finally:
+                os.close(pidfd)
+        finally:
+            self._exec_pids.discard(pid)
+        return ExitStatus.from_wait_status(raw).exit_code
 
     def _dependencies_running(self, unit: Unit) -> bool:
         return all(self.units[d].policy.state is State.RUNNING
@@ -406,3 +611,24 @@ class Supervisor:
             cgroup.destroy()
         except CgroupError as e:
             log.warning("cgroup cleanup failed", cgroup=cgroup.name, error=str(e))
+
+
+def _description(policy: ContainerPolicy, container: Container | None, uptime: float | None,
+                 now_mono: float, now: float) -> str:
+    """supervisorctl's status description: ``pid 123, uptime 0:00:14`` and friends."""
+    if policy.state is State.RUNNING and container is not None:
+        seconds = int(uptime or 0)
+        return f"pid {container.pid}, uptime {seconds // 3600}:{seconds // 60 % 60:02d}:" \
+               f"{seconds % 60:02d}"
+    if policy.state in (State.STARTING, State.STOPPING) and container is not None:
+        return f"pid {container.pid}"
+    if policy.state is State.BACKOFF and policy.next_start_at is not None:
+        return f"{policy.last_exit_reason or 'exited'}; retry in " \
+               f"{max(0.0, policy.next_start_at - now_mono):.1f}s"
+    if policy.state is State.FATAL:
+        return f"Exited too quickly ({policy.last_exit_reason or 'spawn error'})"
+    if policy.last_exit_at is not None:
+        at = time.strftime("%Y-%m-%d %H:%M:%S",
+                           time.localtime(now - (now_mono - policy.last_exit_at)))
+        return f"{policy.last_exit_reason or 'exited'} at {at}"
+    return "Not started"

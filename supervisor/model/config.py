@@ -127,6 +127,7 @@ class SupervisorConfig:
     state_dir: str = "/run/nsvisor"
     log_dir: str = "/var/log/nsvisor"
     metrics_listen: str = "127.0.0.1:9477"
+    socket_group: str = ""  # a group allowed on the socket (mode 0660); "" = root only
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values in the TOML schema's shape."""
@@ -655,6 +656,7 @@ _SUPERVISOR = _Table(
         "state_dir": _abs_path,
         "log_dir": _abs_path,
         "metrics_listen": _listen,
+        "socket_group": _string,
     },
 )
 
