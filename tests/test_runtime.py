@@ -379,7 +379,13 @@ def test_held_container_runs_nothing_until_go(runner: Runner) -> None:
     c = runner.start(runner.spec(["/bin/sh", "-c", "echo running"], hold=True), stdout=w)
     os.close(w)
     try:
+        # The init's one child is its setup process, held, with no child of its own.
         with open(f"/proc/{c.pid}/task/{c.pid}/children") as f:
+            children = f.read().split()
+        assert len(children) == 1
+        with open(f"/proc/{children[0]}/comm") as f:
+            assert f.read().strip() == "nsv-setup"
+        with open(f"/proc/{children[0]}/task/{children[0]}/children") as f:
             assert f.read().strip() == "", "the workload started before go()"
         assert c.poll() is None and c.workload_pid is None
         c.go()

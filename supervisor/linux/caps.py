@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from . import libc
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not at run time: the fork server and the inits import this module
+    from collections.abc import Iterable
 
 # From <linux/capability.h>.
 CAPABILITIES: dict[str, int] = {

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import marshal
 import os
+import resource
 import select
 import signal
 import socket
@@ -25,9 +27,11 @@ from dataclasses import replace
 
 from ..linux import libc
 from ..model.idranges import IdRanges
-from .errors import LaunchError
+from .errors import LaunchError, SetupError
+from .launcher import clone_flags
 from .reaper import DEFAULT_REAPER, Reaper
-from .spec import ID_RANGE_SIZE, ContainerSpec, IdMapping, validate
+from .rootfs import Sources
+from .spec import ID_RANGE_SIZE, RLIMITS, ContainerSpec, IdMapping, validate
 from .status import ExitStatus, parse_exit_record, read_exit_file
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -194,19 +198,26 @@ class Runtime:
         """Launch ``spec`` and return once its workload was exec'd (or, with
         ``spec.hold``, once it is ready to exec: call :meth:`Container.go`).
 
+        The workload's stdio is ``stdin`` (default /dev/null), ``stdout`` and ``stderr``
+        (default: ours) - except with ``spec.log``: ``stdout`` and ``stderr`` are then
+        ignored, the workload writes into pipes its init reads and logs.
+
         Raises SpecError for a bad spec and LaunchError naming the failed step; either
         way nothing of the container is left behind.
         """
         spec = self.prepare(spec)
         report, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         opened: list[int] = []
+        sources: Sources | None = None
+        log_fd = exit_fd = -1
         try:
             if stdin is None:
                 stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
                 opened.append(stdin)
-            fds = {"report": theirs.fileno(), "stdin": stdin,
-                   "stdout": 1 if stdout is None else stdout,
-                   "stderr": 2 if stderr is None else stderr}
+            fds = {"report": theirs.fileno(), "stdin": stdin}
+            if spec.log is None:
+                fds["stdout"] = 1 if stdout is None else stdout
+                fds["stderr"] = 2 if stderr is None else stderr
             # The init records the workload's status here; the caller keeps its own fd.
             if exit_file is not None:
                 exit_fd = os.open(exit_file, os.O_RDWR | os.O_CREAT | os.O_TRUNC
@@ -214,15 +225,31 @@ class Runtime:
             else:
                 exit_fd = os.memfd_create(f"nsv-exit-{spec.name}", os.MFD_CLOEXEC)
             fds["exit"] = exit_fd
-            request = json.dumps({"spec": spec.to_json(), "fds": list(fds)}).encode()
+            try:
+                if spec.log is not None:
+                    # A detached bind of the log directory: the init cannot walk out of
+                    # it, and with a user namespace it is idmapped (see _prepare).
+                    with _step(f"open log directory {spec.log.dir}"):
+                        log_fd = libc.open_tree_clone(spec.log.dir, recursive=False)
+                    fds["logdir"] = log_fd
+                if "mount" in spec.namespaces:
+                    # Opened here, as host root, before the init exists (a user
+                    # namespace's root could not traverse a 0700 host directory).
+                    sources = Sources.open(spec)
+                    for path, fd in sources.fds.items():
+                        fds["src:" + path] = fd
+            except SetupError as e:
+                raise LaunchError(f"{spec.name}: {e}", errno=e.errno, step=e.step) from None
+            request = marshal.dumps((clone_flags(spec), tuple(fds)))
             with self._lock:
                 if self._control is None:
                     raise RuntimeError("runtime is closed")
                 socket.send_fds(self._control, [request], list(fds.values()))
         except BaseException as e:
             report.close()
-            if "exit" in fds:
-                os.close(fds["exit"])
+            for fd in (exit_fd, log_fd):
+                if fd >= 0:
+                    os.close(fd)
             if isinstance(e, BrokenPipeError):
                 raise LaunchError("fork server is gone; create a new Runtime") from None
             raise
@@ -230,16 +257,21 @@ class Runtime:
             theirs.close()
             for fd in opened:
                 os.close(fd)
-        return self._finish_start(spec, report, exit_fd, exit_file, timeout)
+            if sources is not None:
+                sources.close()
+        return self._finish_start(spec, report, exit_fd, exit_file, log_fd, timeout)
 
     def _finish_start(self, spec: ContainerSpec, report: socket.socket, exit_fd: int,
-                      exit_file: str | None, timeout: float) -> Container:
+                      exit_file: str | None, log_fd: int, timeout: float) -> Container:
         container = None
         try:
             pid = _read_report(report, spec, timeout, want="pid")
             container = Container(spec, pid, exit_file=exit_file, reaper=self.reaper,
                                   exit_fd=exit_fd)
             exit_fd = -1  # the container owns it now
+            _prepare(pid, spec, log_fd)
+            # The spec is the init's "go": it is in its cgroups, with its limits and maps.
+            report.send(marshal.dumps(spec.to_wire()))
             if spec.hold:
                 _read_report(report, spec, timeout, want="created")
             else:
@@ -253,6 +285,9 @@ class Runtime:
                 if isinstance(error, LaunchError) and error.exit_code is None:
                     error.exit_code = container.poll().exit_code  # type: ignore[union-attr]
             raise
+        finally:
+            if log_fd >= 0:
+                os.close(log_fd)
         if spec.hold:
             container._report = report
         else:
@@ -274,6 +309,51 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _step:
+    """Turn an OSError inside the block into a SetupError naming the step."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: object) -> None:
+        if isinstance(error, OSError):
+            raise SetupError(self.name, error.errno or 0) from None
+
+
+def _prepare(pid: int, spec: ContainerSpec, log_fd: int) -> None:
+    """From outside, before the init may go on: cgroups, rlimits, id maps (runc's order),
+    and the idmap of the log directory. Raises LaunchError naming the step."""
+    try:
+        for path in spec.cgroup_procs:
+            with _step(f"join cgroup {os.path.dirname(path)}"), open(path, "w") as f:
+                f.write(str(pid))
+        for name, limits in spec.rlimits.items():
+            with _step(f"setrlimit {name} {limits}"):
+                resource.prlimit(pid, RLIMITS[name], limits)
+        if "user" in spec.namespaces:
+            # gid_map before uid_map, as crun does; setgroups stays "allow": we are root.
+            for kind, mapping in (("gid_map", spec.gid_map), ("uid_map", spec.uid_map)):
+                text = "".join(f"{m.inside} {m.outside} {m.count}\n" for m in mapping or ())
+                with _step(f"{kind}: writing {text.strip()!r}"), \
+                        open(f"/proc/{pid}/{kind}", "w") as f:
+                    f.write(text)
+            if log_fd >= 0:
+                # Files owned by host root appear owned by the container's root through
+                # it, and the files the init creates are host root's: the init stays
+                # unprivileged on the host and still rotates its logs.
+                with _step(f"idmap log directory {spec.log.dir}"):  # type: ignore[union-attr]
+                    userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        libc.idmap_tree(log_fd, userns)
+                    finally:
+                        os.close(userns)
+    except SetupError as e:
+        raise LaunchError(f"{spec.name}: {e}", errno=e.errno, step=e.step) from None
 
 
 def _read_report(sock: socket.socket, spec: ContainerSpec, timeout: float, want: str):

@@ -1,11 +1,12 @@
-"""Errors of the runtime, each naming the step that failed."""
+"""Errors of the runtime, each naming the step that failed.
+
+Loaded on the container side too, so it imports nothing heavy (no contextlib).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import errno as errno_names
 import os
-from collections.abc import Iterator
 
 
 class LaunchError(Exception):
@@ -34,10 +35,18 @@ class SetupError(Exception):
         self.errno = err
 
 
-@contextlib.contextmanager
-def step(name: str) -> Iterator[None]:
+class step:  # lower case: used like a function, ``with step("mount proc"): ...``
     """Turn an OSError inside the block into a SetupError that names the step."""
-    try:
-        yield
-    except OSError as e:
-        raise SetupError(name, e.errno or 0) from None
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: object) -> bool:
+        if kind is not None and issubclass(kind, OSError):
+            raise SetupError(self.name, error.errno or 0) from None  # type: ignore[union-attr]
+        return False

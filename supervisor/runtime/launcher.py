@@ -1,90 +1,110 @@
-"""The container's init, from its birth to the exec of the workload.
+"""The container's init, from its birth to its loop, and the setup process it forks.
 
 The fork server clones the init with ``CLONE_PARENT`` and the namespace flags (runc's
 ``clone_parent``): it is born in its new namespaces, as pid 1 of its PID namespace, and
 as a child of the runtime's caller - not of the fork server - so the caller reaps it and
-learns its exact exit status. The init then:
-  waits while the fork server, outside, joins it to its cgroups, sets its rlimits and
-  writes its id maps; becomes root of its user namespace; unshares the cgroup namespace;
-  blocks signals into a signalfd; builds the filesystem and pivots; sets the hostname;
-  cuts the capability bounding set; optionally waits for the caller's "go"; takes the
-  workload's identity and spawns it; reports "ready" (or the exec error); runs the pid-1 loop.
+learns its exact exit status. The init (pid 1) then:
+  waits while the caller, outside, joins it to its cgroups, sets its rlimits and writes
+  its id maps, until the caller sends the spec (``marshal``, the trusted direction);
+  blocks signals into a signalfd; becomes root of its user namespace; unshares the cgroup
+  namespace; cuts the capability bounding set; opens the log files; and forks the
+  **setup process** S, in the same namespaces.
+S does the heavy part - builds the filesystem and pivots (``pivot_root`` moves the root
+and cwd of every process of the mount namespace, pid 1 included), sets the hostname,
+optionally waits for the caller's "go", takes the workload's identity and spawns it -,
+tells pid 1 the workload's pid, reports "ready" (or the error) to the caller and exits.
+The workload, orphaned, is reparented to pid 1, which keeps only CAP_KILL and runs its
+signal/reap/log loop. What S touched dies with S: an idle init's memory stays shared
+with the fork server.
 
-Reports go over one SOCK_SEQPACKET socket, one JSON message per packet. A failure is
-reported as ``{"error": "<step>: <reason>"}`` and the init exits: its mounts and
-namespaces die with it, so nothing is left on the host.
+Reports go over one SOCK_SEQPACKET socket, one JSON message per packet (written by
+:mod:`.wire`). A failure is reported as ``{"error": "<step>: <reason>"}`` and the init
+exits: its mounts and namespaces die with it, so nothing is left on the host.
 """
 
 from __future__ import annotations
 
 import errno
-import json
+import marshal
 import os
-import socket
-from typing import NoReturn
 
 from ..linux import caps, libc
 from . import rootfs
 from .errors import SetupError, step
 from .init import Init, block_signals, spawn_workload
-from .spec import ContainerSpec
+from .logs import Logs
+from .wire import encode
 
-_CLONE_FLAGS = {
+CLONE_FLAGS = {
     "mount": libc.CLONE_NEWNS, "uts": libc.CLONE_NEWUTS, "ipc": libc.CLONE_NEWIPC,
     "pid": libc.CLONE_NEWPID, "net": libc.CLONE_NEWNET, "cgroup": libc.CLONE_NEWCGROUP,
     "user": libc.CLONE_NEWUSER,
 }
+_CAP_KILL = 1 << caps.CAPABILITIES["KILL"]
 
 
-class Channel:
-    """The report socket to the caller."""
-
-    def __init__(self, fd: int) -> None:
-        self.sock = socket.socket(fileno=fd)
-
-    def send(self, **msg: object) -> None:
-        self.sock.send(json.dumps(msg).encode())
-
-    def recv(self) -> dict:
-        data = self.sock.recv(65536)
-        return json.loads(data) if data else {}
-
-    def fail(self, error: BaseException) -> NoReturn:
-        if isinstance(error, SetupError):
-            msg = {"error": str(error), "errno": error.errno, "step": error.step}
-        elif isinstance(error, OSError):
-            msg = {"error": f"{error.strerror} ({error.filename or ''})", "errno": error.errno}
-        else:
-            msg = {"error": f"internal error: {error!r}", "errno": 0}
-        try:
-            self.send(**msg)
-        finally:
-            os._exit(1)
-
-
-def clone_flags(spec: ContainerSpec) -> int:
+def clone_flags(spec) -> int:
     """The namespaces the init is born in. The cgroup namespace comes later, once the
     init is in its cgroup, so that the namespace's root is the container's cgroup."""
     flags = libc.CLONE_PARENT
     for ns in spec.namespaces:
-        flags |= _CLONE_FLAGS[ns]
+        flags |= CLONE_FLAGS[ns]
     return flags & ~libc.CLONE_NEWCGROUP
 
 
-def run_init(spec: ContainerSpec, fds: dict[str, int], sources: rootfs.Sources | None,
-             go_fd: int, last_cap: int) -> NoReturn:
-    """The container's pid 1, from its birth in new namespaces to its signalfd loop.
+class _Attrs:
+    """A dict's items as attributes: the spec, on the container side."""
 
-    It first waits on ``go_fd`` while the fork server, outside, puts it in its cgroups,
-    sets its rlimits and writes its id maps.
-    """
-    channel = Channel(fds["report"])
+    def __init__(self, data: dict) -> None:
+        self.__dict__.update(data)
+
+
+def spec_from_wire(data: dict) -> _Attrs:
+    spec = _Attrs(data)
+    spec.mounts = tuple(_Attrs(m) for m in data["mounts"])
+    for key in ("uid_map", "gid_map"):
+        if data[key] is not None:
+            setattr(spec, key, tuple(_Attrs(m) for m in data[key]))
+    if data.get("log") is not None:
+        spec.log = _Attrs(data["log"])
+    return spec
+
+
+def send(fd: int, **msg: object) -> None:
     try:
+        os.write(fd, encode(**msg))
+    except OSError:
+        pass
+
+
+def fail(fd: int, error: BaseException):
+    """Report ``error`` to the caller and exit."""
+    if isinstance(error, SetupError):
+        msg = {"error": str(error), "errno": error.errno, "step": error.step}
+    elif isinstance(error, OSError):
+        msg = {"error": f"{error.strerror} ({error.filename or ''})", "errno": error.errno or 0}
+    else:
+        msg = {"error": f"internal error: {error!r}", "errno": 0}
+    try:
+        send(fd, **msg)
+    finally:
+        os._exit(1)
+
+
+def run_init(fds: dict[str, int], last_cap: int):
+    """The container's pid 1, from its birth in new namespaces to its signalfd loop."""
+    report = fds["report"]
+    try:
+        libc.set_process_name("nsv-init")
+        # Non-dumpable: processes in the container cannot ptrace us or open /proc/1/fd,
+        # where the exit file's and the log directory's host fds live.
+        libc.prctl(libc.PR_SET_DUMPABLE, 0)
         sfd = block_signals()
-        go = os.read(go_fd, 16)
-        os.close(go_fd)
-        if go != b"go":
-            os._exit(1)  # the fork server reported why
+        os.chdir("/")  # so that the pivot moves our cwd off the host too
+        data = os.read(report, 1 << 20)  # the spec: the caller's "go"
+        if not data:
+            os._exit(1)  # the caller gave up on us (and reported why)
+        spec = spec_from_wire(marshal.loads(data))
         if "user" in spec.namespaces:
             with step("become root in the user namespace"):
                 os.setresgid(0, 0, 0)
@@ -93,39 +113,74 @@ def run_init(spec: ContainerSpec, fds: dict[str, int], sources: rootfs.Sources |
         if "cgroup" in spec.namespaces:
             with step("unshare cgroup namespace"):
                 libc.unshare(libc.CLONE_NEWCGROUP)
-        libc.set_process_name("nsv-init")
-        # Non-dumpable: processes in the container cannot ptrace us or open /proc/1/fd,
-        # where the exit file's host fd lives.
-        libc.prctl(libc.PR_SET_DUMPABLE, 0)
         if "pid" not in spec.namespaces:
             libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)  # orphans come to us, not the host
-        if sources is not None:
+        with step("limit capability bounding set"):
+            caps.limit_bounding_set(caps.mask(spec.capabilities), last_cap)
+        stdio = (fds["stdin"], fds.get("stdout", -1), fds.get("stderr", -1))
+        logs = None
+        if spec.log is not None:
+            with step(f"open log files in {spec.log.dir}"):
+                logs = Logs(fds["logdir"], spec.name, spec.log.max_bytes, spec.log.backups,
+                            spec.log.merge)
+            stdio = (fds["stdin"], *logs.stdio())
+        result_r, result_w = os.pipe2(os.O_CLOEXEC)
+        setup_pid = os.fork()
+        if setup_pid == 0:
+            os.close(result_r)
+            _setup(spec, fds, stdio, result_w)
+        os.close(result_w)
+        if logs is not None:
+            logs.close_write_ends()
+        for name, fd in fds.items():
+            if name != "exit" and name != "logdir":
+                os.close(fd)
+        # pid 1 keeps what it needs to signal the container's processes, nothing more.
+        libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+        libc.capset(effective=_CAP_KILL, permitted=_CAP_KILL, inheritable=0)
+    except BaseException as e:  # noqa: BLE001
+        fail(report, e)
+    result = os.read(result_r, 64)  # S writes "pid N" or "exit N", or dies
+    os.close(result_r)
+    init = Init(None, sfd, fds.get("exit"), spec, logs)
+    if result.startswith(b"pid "):
+        init.workload = int(result[4:])
+    elif result.startswith(b"exit "):
+        init.spawn_failed(int(result[5:]))
+    else:
+        init.exit_code = 1  # the setup failed and reported why
+    init.run()
+
+
+def _setup(spec, fds: dict[str, int], stdio: tuple[int, int, int], to_init: int):
+    """The setup process S: the filesystem, the hostname, the workload; then exit."""
+    report = fds["report"]
+    try:
+        libc.set_process_name("nsv-setup")
+        if "mount" in spec.namespaces:
+            sources = rootfs.Sources({name[4:]: fd for name, fd in fds.items()
+                                      if name.startswith("src:")})
             rootfs.build(spec, sources)
         if "uts" in spec.namespaces:
             with step("sethostname"):
                 libc.sethostname(spec.effective_hostname)
                 if spec.domainname:
                     libc.setdomainname(spec.domainname)
-        with step("limit capability bounding set"):
-            caps.limit_bounding_set(caps.mask(spec.capabilities), last_cap)
         if spec.hold:
-            channel.send(created=True)
-            if not channel.recv().get("go"):
+            send(report, created=True)
+            if b'"go"' not in os.read(report, 65536):
                 os._exit(1)  # the caller gave up on us
-        stdio = (fds["stdin"], fds["stdout"], fds["stderr"])
-        init = Init(None, sfd, fds.get("exit"), spec)
         try:
-            init.workload = spawn_workload(spec, stdio)
-            channel.send(ready=True, workload=init.workload)
+            workload = spawn_workload(spec, stdio)
         except OSError as e:
             code = 127 if e.errno == errno.ENOENT else 126
-            init.spawn_failed(code)
-            channel.send(error=f"exec {spec.command[0]}: {e.strerror} "
+            os.write(to_init, b"exit %d" % code)
+            send(report, error=f"exec {spec.command[0]}: {e.strerror} "
                                f"({errno.errorcode.get(e.errno or 0, '')})",
-                         errno=e.errno, step="exec", exit_code=code)
-        for fd in set(stdio):
-            os.close(fd)
-        channel.sock.close()
+                 errno=e.errno or 0, step="exec", exit_code=code)
+            os._exit(1)
+        os.write(to_init, b"pid %d" % workload)
+        send(report, ready=True, workload=workload)
     except BaseException as e:  # noqa: BLE001
-        channel.fail(e)
-    init.run()
+        fail(report, e)
+    os._exit(0)

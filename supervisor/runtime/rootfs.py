@@ -6,9 +6,9 @@
 4. ``pivot_root(".", ".")`` and detach the old root — never chroot alone;
 5. read-only and masked paths, then an optional read-only root.
 
-Runs in the container's init before the workload exists. Bind sources are opened as
-detached mount trees (``open_tree``) by the fork server, as host root, before the init
-is cloned (a user namespace's root could not traverse a 0700 host directory), and
+Runs in the container's short-lived setup process before the workload exists. Bind sources
+are opened as detached mount trees (``open_tree``) by the caller, as host root, before the
+init is cloned (a user namespace's root could not traverse a 0700 host directory), and
 attached with ``move_mount``, so a mount cannot be redirected by what happens to the
 paths afterwards.
 """
@@ -32,8 +32,12 @@ from ..linux.libc import (
     MS_SLAVE,
     MS_STRICTATIME,
 )
+from .consts import DEVICES, MASKED_PATHS, READONLY_PATHS
 from .errors import SetupError, step
-from .spec import DEVICES, MASKED_PATHS, READONLY_PATHS, ContainerSpec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the container side gets the spec as plain attributes, not this class
+    from .spec import ContainerSpec
 
 # Where the container's root is assembled before the pivot. It exists on every host, and
 # the mount is only ever visible inside the container's own mount namespace.
@@ -85,20 +89,31 @@ def _bind_fd(fd: int, target: str, readonly: bool, recursive: bool = True) -> No
 
 
 class Sources:
-    """Detached mount trees (open_tree) of every host path the setup binds, made by the
-    fork server before the init exists: the init attaches them with move_mount."""
+    """Detached mount trees (open_tree) of every host path the setup binds, by path: made
+    by the caller before the init exists (:meth:`open`), attached inside with move_mount."""
 
-    def __init__(self, spec: ContainerSpec) -> None:
-        self.fds: dict[str, int] = {}
+    def __init__(self, fds: dict[str, int]) -> None:
+        self.fds = fds
+
+    @classmethod
+    def open(cls, spec: ContainerSpec) -> Sources:
         paths = [f"/dev/{d}" for d in DEVICES]
         if spec.rootfs == "host":
             paths += [d for d in HOST_DIRS if os.path.lexists(d) and not os.path.islink(d)]
         else:
             paths.append(spec.rootfs)
         paths += [m.source for m in spec.mounts if m.type == "bind" and m.source]
-        for path in paths:
-            with step(f"open {path}"):
-                self.fds[path] = libc.open_tree_clone(path, recursive=not path.startswith("/dev/"))
+        sources = cls({})
+        try:
+            for path in paths:
+                if path not in sources.fds:
+                    with step(f"open {path}"):
+                        sources.fds[path] = libc.open_tree_clone(
+                            path, recursive=not path.startswith("/dev/"))
+        except BaseException:
+            sources.close()
+            raise
+        return sources
 
     def close(self) -> None:
         for fd in self.fds.values():

@@ -1,7 +1,8 @@
 """What a container is made of: the runtime's input, validated before anything is created.
 
-A :class:`ContainerSpec` is plain data. It crosses from the caller to the fork server as
-JSON, so every field is a JSON-friendly type.
+A :class:`ContainerSpec` is plain data. It crosses from the caller to the container's init
+as a ``marshal``-ed dict (:meth:`ContainerSpec.to_wire`), so every field is a plain type.
+This module is for the caller only: the container side never imports it.
 """
 
 from __future__ import annotations
@@ -14,26 +15,19 @@ from dataclasses import dataclass, field
 
 from ..linux import caps
 
-NAMESPACES: tuple[str, ...] = ("mount", "uts", "ipc", "pid", "net", "user", "cgroup")
-# The kernel's short names, as /proc/PID/ns/* and lsns spell them.
-NS_PROC_NAME: dict[str, str] = {
-    "mount": "mnt", "uts": "uts", "ipc": "ipc", "pid": "pid", "net": "net", "user": "user",
-    "cgroup": "cgroup",
-}
-
-# Masked and read-only paths, as Docker and runc set them (runtimes.md §1.6, §7 items 16-17).
-MASKED_PATHS: tuple[str, ...] = (
-    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys",
-    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
-    "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+# The constants live in a module the container side can import without this one.
+from .consts import (
+    DEVICES,
+    ID_RANGE_SIZE,
+    MASKED_PATHS,
+    NAMESPACES,
+    NS_PROC_NAME,
+    READONLY_PATHS,
 )
-READONLY_PATHS: tuple[str, ...] = (
-    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
-)
-DEVICES: tuple[str, ...] = ("null", "zero", "full", "random", "urandom", "tty")
 
-# An unprivileged host id range of this size backs each user namespace.
-ID_RANGE_SIZE = 65536
+__all__ = ["DEVICES", "ID_RANGE_SIZE", "MASKED_PATHS", "NAMESPACES", "NS_PROC_NAME",
+           "READONLY_PATHS", "RLIMITS", "ContainerSpec", "IdMapping", "LogSpec", "Mount",
+           "SpecError", "validate"]
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 RLIMITS: dict[str, int] = {
@@ -66,6 +60,23 @@ class IdMapping:
     count: int
 
 
+@dataclass(frozen=True)
+class LogSpec:
+    """Capture of the workload's stdout and stderr into rotated files, by the init.
+
+    Files ``<dir>/<name>.out.log`` and ``<name>.err.log`` (with ``merge``, stderr goes to
+    the ``.out.log`` too), each rotated before a write would take it past ``max_bytes``
+    (0: never) to ``.log.1`` ... ``.log.<backups>``, always at a line boundary. The init
+    holds the pipes' read ends and writes the files itself, so the capture goes on while
+    the caller is gone.
+    """
+
+    dir: str
+    max_bytes: int = 50 * 2**20
+    backups: int = 10
+    merge: bool = False
+
+
 @dataclass
 class ContainerSpec:
     """Everything the runtime needs to launch one container."""
@@ -94,6 +105,9 @@ class ContainerSpec:
     kill_grace: float = 2.0  # after the workload exits: SIGTERM the rest, SIGKILL after this
     cgroup_procs: tuple[str, ...] = ()  # cgroup.procs files joined before any namespace
     hold: bool = False  # stop before exec until the caller says go (to wire networks)
+    # Capture stdout/stderr to rotated files, written by the init (Runtime.start's stdout
+    # and stderr are then ignored).
+    log: LogSpec | None = None
 
     @property
     def effective_hostname(self) -> str:
@@ -101,6 +115,12 @@ class ContainerSpec:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_wire(self) -> dict:
+        """What the container side reads: plain values, the hostname resolved."""
+        data = dataclasses.asdict(self)
+        data["effective_hostname"] = self.effective_hostname
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> ContainerSpec:
@@ -113,6 +133,8 @@ class ContainerSpec:
         data["extra_hosts"] = tuple(tuple(h) for h in data.get("extra_hosts", ()))
         for key in ("namespaces", "groups", "capabilities", "cgroup_procs"):
             data[key] = tuple(data.get(key, ()))
+        if data.get("log") is not None:
+            data["log"] = LogSpec(**data["log"])
         return cls(**data)
 
 
@@ -175,6 +197,13 @@ def validate(spec: ContainerSpec) -> None:
             raise SpecError(f"{key}: {getattr(spec, key)} is out of range")
     if spec.kill_grace < 0:
         raise SpecError("kill_grace: must be >= 0")
+    if spec.log is not None:
+        if not os.path.isabs(spec.log.dir) or not os.path.isdir(spec.log.dir):
+            raise SpecError(f"log.dir: {spec.log.dir!r} must be an existing absolute directory")
+        if spec.log.max_bytes < 0:
+            raise SpecError("log.max_bytes: must be >= 0 (0: never rotate)")
+        if not 0 <= spec.log.backups <= 1000:
+            raise SpecError("log.backups: must be between 0 and 1000")
 
 
 def _validate_map(key: str, mapping: tuple[IdMapping, ...]) -> None:
