@@ -243,3 +243,26 @@ def test_sigusr2_reopens_the_log_file(daemon: Daemon, tmp_path: Path) -> None:
     assert daemon.stop() == 0
     assert '"all stopped"' in log_file.read_text()
     assert '"all stopped"' not in rotated.read_text()
+
+
+def test_limits_apply_and_an_oom_kill_is_recognised(daemon: Daemon) -> None:
+    daemon.write_config(
+        '[containers.{p}-hog]\n'
+        'command = ["/usr/bin/python3", "-c", "import time; time.sleep(0.3); '
+        'x = bytearray(200 * 2**20); time.sleep(5)"]\n'
+        'startsecs = "100ms"\nrestart = "on-failure"\nbackoff = { initial = "100ms" }\n'
+        'limits = { memory = "64M", cpus = 0.5, pids = 50 }\n')
+    daemon.start()
+    daemon.wait_state("hog", "RUNNING")
+    cg = f"/sys/fs/cgroup/%s/nsvisor/{daemon.name('hog')}/%s"
+    with open(cg % ("memory", "memory.limit_in_bytes")) as f:
+        assert int(f.read()) == 64 * 2**20
+    with open(cg % ("pids", "pids.max")) as f:
+        assert f.read().strip() == "50"
+    with open(cg % ("cpu", "cpu.cfs_quota_us")) as f:
+        assert int(f.read()) == 50_000
+    exited = wait_for(lambda: daemon.events("exited", "hog"), 20, "the OOM kill")
+    assert exited[0]["status"] == "OOMKilled"
+    restarted = wait_for(lambda: (s := daemon.state("hog")).get("restarts", 0) >= 1 and s, 20)
+    assert restarted["last_exit_reason"] == "OOMKilled"
+    assert restarted["last_exit_code"] == 137

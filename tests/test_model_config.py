@@ -336,9 +336,25 @@ def test_unknown_top_level_key_lists_allowed() -> None:
     )
 
 
-@pytest.mark.parametrize("key", ["networks", "ports", "limits"])
+@pytest.mark.parametrize("key", ["networks", "ports"])
 def test_future_keys_not_accepted_yet(key: str) -> None:
     assert container_err(f"{key} = []").startswith(f"demo.toml: containers.web.{key}: unknown key")
+
+
+def test_limits() -> None:
+    cfg = parse_config('[containers.web]\ncommand = ["x"]\n'
+                       'limits = { memory = "256M", cpus = 0.5, pids = 100 }\n', "demo.toml")
+    limits = cfg.containers["web"].limits
+    assert (limits.memory, limits.cpus, limits.pids) == (256 * 2**20, 0.5, 100)
+    assert container_err("limits = []") == (
+        "demo.toml: containers.web.limits: expected a table, got array")
+    assert container_err('limits = { memory = "1k" }') == (
+        'demo.toml: containers.web.limits.memory: "1k" is below the 4M a container needs '
+        "to start")
+    assert container_err("limits = { cpus = 0 }").startswith(
+        "demo.toml: containers.web.limits.cpus:")
+    assert container_err("limits = { pids = 0 }").startswith(
+        "demo.toml: containers.web.limits.pids:")
 
 
 def test_missing_command() -> None:

@@ -34,7 +34,7 @@ def inspect(sup: Supervisor, name: str) -> dict[str, Any]:
         "config": unit.cfg.to_dict() | {"name": name},
         "namespaces": namespaces(container.pid, unit.cfg.namespaces) if container else {},
         "cgroup": unit.cgroup.paths if unit.cgroup is not None else None,
-        "limits": {},
+        "limits": unit.cfg.limits.to_dict(),
         "logs": {"stdout": sup.log_path(name, "stdout"), "stderr": sup.log_path(name, "stderr")},
         "addresses": {},
         "history": unit.history,

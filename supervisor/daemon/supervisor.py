@@ -35,6 +35,7 @@ from .store import StateStore, process_start_time
 
 log = structlog.get_logger("nsvisord")
 HISTORY = 10  # exits remembered per container (inspect's restart history)
+OOM_KILLED = "OOMKilled"  # the exit reason of a container the OOM killer ended
 
 
 class ExecRefused(Exception):
@@ -51,6 +52,7 @@ class Unit:
     cgroup: Cgroup | None = None
     pid_start: int | None = None  # start time of the init, to recognise it after a restart
     history: list[dict[str, Any]] = field(default_factory=list)  # last exits, newest last
+    oom_kills: int = 0  # exits the kernel's OOM killer caused
     timer: anyio.CancelScope | None = None
     changed: anyio.Event = field(default_factory=anyio.Event)
 
@@ -91,6 +93,8 @@ class Supervisor:
         self.shutdown_requested = anyio.Event()
         self.events = EventBus()
         self._exec_pids: set[int] = set()
+        self.signals_forwarded = 0  # signals sent to containers (a metric)
+        self.start_durations: list[float] = []  # launch latencies not yet observed
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -362,6 +366,7 @@ class Supervisor:
             await self._running_changed.wait()
         if not unit.policy.spawn_pending or self.units.get(unit.name) is not unit:
             return
+        started = time.perf_counter()
         try:
             container, cgroup = await anyio.to_thread.run_sync(self._launch, unit.cfg)
         except (LaunchError, SpecError, CgroupError, OSError) as e:
@@ -369,6 +374,7 @@ class Supervisor:
             self._apply(unit, unit.policy.spawn_failed(self.clock(), str(e)))
             return
         unit.container, unit.cgroup = container, cgroup
+        self.start_durations.append(time.perf_counter() - started)
         unit.pid_start = process_start_time(container.pid)
         log.info("spawned", container=unit.name, pid=container.pid)
         self.events.publish("spawned", container=unit.name, pid=container.pid)
@@ -379,10 +385,15 @@ class Supervisor:
         """In a worker thread: cgroup, log files, runtime start."""
         cgroup = None
         extra: dict[str, Any] = {}
+        limits = Limits(memory_bytes=cfg.limits.memory, cpus=cfg.limits.cpus,
+                        pids=cfg.limits.pids)
         if self.cgroups is not None:
             self._remove_cgroup(cfg.name)  # a leftover (daemon crash mid-start) dies here
-            cgroup = self.cgroups.create(cfg.name, Limits())
+            cgroup = self.cgroups.create(cfg.name, limits)
             extra["cgroup_procs"] = tuple(cgroup.procs_files())
+        elif limits != Limits():
+            raise CgroupError(f"{cfg.name}: limits need cgroups, and this host has none "
+                              "usable (see the daemon's start-up warning)")
         out_path = os.path.join(self.config.supervisor.log_dir, f"{cfg.name}.out.log")
         err_path = os.path.join(self.config.supervisor.log_dir, f"{cfg.name}.err.log")
         # (log_path() answers for a running unit; at launch the config decides.)
@@ -411,11 +422,14 @@ class Supervisor:
             status = container.poll()
             if status is None:  # readable but not yet reaped: SIGCHLD is on its way
                 await anyio.sleep(0.001)
+        oom = unit.cgroup is not None and unit.cgroup.oom_killed_since(0)
+        reason = OOM_KILLED if oom else status.describe()
+        if oom:
+            unit.oom_kills += 1
         await self._cleanup(unit, container)
-        log.info("exited", container=unit.name, pid=container.pid, status=status.describe())
-        self._record_exit(unit, status, container.pid)
-        self._apply(unit, unit.policy.exited(self.clock(), status.exit_code,
-                                             status.describe()))
+        log.info("exited", container=unit.name, pid=container.pid, status=reason)
+        self._record_exit(unit, status, container.pid, reason)
+        self._apply(unit, unit.policy.exited(self.clock(), status.exit_code, reason))
 
     async def _cleanup(self, unit: Unit, container: Container) -> None:
         container.close()
@@ -431,6 +445,7 @@ class Supervisor:
         if container is None:
             return
         log.info("signal", container=unit.name, signal=signal.Signals(sig).name)
+        self.signals_forwarded += 1
         if sig == signal.SIGKILL:
             container.kill()
             if unit.cgroup is not None:  # what escaped the init's session or namespace
@@ -465,6 +480,7 @@ class Supervisor:
         if not data:
             return
         unit.history = list(data.get("history") or [])[-HISTORY:]
+        unit.oom_kills = int(data.get("oom_kills") or 0)
         try:
             unit.policy = ContainerPolicy.from_dict(data["policy"],
                                                     PolicySettings.from_config(cfg))
@@ -535,14 +551,17 @@ class Supervisor:
             "pid": container.pid if container else None,
             "pid_start": unit.pid_start if container else None,
             "history": unit.history,
+            "oom_kills": unit.oom_kills,
         })
 
-    def _record_exit(self, unit: Unit, status: ExitStatus, pid: int | None) -> None:
+    def _record_exit(self, unit: Unit, status: ExitStatus, pid: int | None,
+                     reason: str | None = None) -> None:
         at = status.finished_at or time.time()
-        unit.history = [*unit.history, {"exit_code": status.exit_code,
-                                        "reason": status.describe(), "at": at}][-HISTORY:]
+        reason = reason or status.describe()
+        unit.history = [*unit.history, {"exit_code": status.exit_code, "reason": reason,
+                                        "at": at}][-HISTORY:]
         self.events.publish("exited", container=unit.name, pid=pid,
-                            exit_code=status.exit_code, reason=status.describe())
+                            exit_code=status.exit_code, reason=reason)
 
     # ------------------------------------------------------------------ helpers
 

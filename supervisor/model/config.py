@@ -160,6 +160,22 @@ class MountConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Resource limits of the container's cgroup: ``memory`` (hard limit, bytes),
+    ``cpus`` (CPU quota as a fraction of cores, e.g. 0.5), ``pids`` (max tasks).
+    None (the default) leaves that resource unlimited.
+    """
+
+    memory: int | None = None
+    cpus: float | None = None
+    pids: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None}
+
+
+@dataclass(frozen=True)
 class BackoffConfig:
     """Restart delays: ``initial * factor**(n-1)`` capped at ``max`` (seconds).
 
@@ -229,6 +245,7 @@ class ContainerConfig:
     stop_signal: int = signal.SIGTERM
     stop_timeout: float = 10.0
     log: LogConfig = LogConfig()
+    limits: LimitsConfig = LimitsConfig()
     readonly_rootfs: bool = False
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
@@ -269,7 +286,7 @@ class ContainerConfig:
                 value = value.name if isinstance(value, signal.Signals) else int(value)
             elif f.name == "mounts":
                 value = [m.to_dict() for m in value]
-            elif isinstance(value, BackoffConfig | LogConfig):
+            elif isinstance(value, BackoffConfig | LogConfig | LimitsConfig):
                 value = value.to_dict()
             elif isinstance(value, tuple):
                 value = list(value)
@@ -688,6 +705,26 @@ _LOG = _Table(
     {"max_bytes": parse_size, "backups": _integer(0), "merge": _boolean},
 )
 
+
+def _cpus(value: Any, where: str) -> float:
+    cpus = _number(0.01)(value, where)
+    if cpus > 1024:
+        raise ConfigError(f"{_show(value)} is more CPUs than any machine has", where)
+    return cpus
+
+
+def _memory_limit(value: Any, where: str) -> int:
+    size = parse_size(value, where)
+    if size < 4 * 1024 * 1024:
+        raise ConfigError(f"{_show(value)} is below the 4M a container needs to start", where)
+    return size
+
+
+_LIMITS = _Table(
+    LimitsConfig,
+    {"memory": _memory_limit, "cpus": _cpus, "pids": _integer(1)},
+)
+
 _STRINGS = "an array of strings"
 _CONTAINER = _Table(
     ContainerConfig,
@@ -714,6 +751,7 @@ _CONTAINER = _Table(
         "stop_signal": _signal,
         "stop_timeout": _duration(),
         "log": _LOG,
+        "limits": _LIMITS,
         "readonly_rootfs": _boolean,
         "cap_add": _array(_capability, what=_STRINGS, unique=True),
         "cap_drop": _array(_capability, what=_STRINGS, unique=True),

@@ -15,6 +15,7 @@ import os
 class Reaper:
     def __init__(self) -> None:
         self._statuses: dict[int, int] = {}
+        self.reaped_total = 0  # every child reaped through this reaper (a metric)
 
     def reap_all(self) -> list[tuple[int, int]]:
         """Reap every exited child now; keep the statuses for :meth:`collect`."""
@@ -27,6 +28,7 @@ class Reaper:
             if pid == 0:
                 break
             self._statuses[pid] = status
+            self.reaped_total += 1
             reaped.append((pid, status))
         return reaped
 
@@ -39,7 +41,10 @@ class Reaper:
         if pid in self._statuses:
             return self._statuses.pop(pid)
         reaped, status = os.waitpid(pid, os.WNOHANG)
-        return status if reaped == pid else None
+        if reaped != pid:
+            return None
+        self.reaped_total += 1
+        return status
 
     def forget(self, pid: int) -> None:
         self._statuses.pop(pid, None)
