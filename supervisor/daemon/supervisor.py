@@ -53,6 +53,7 @@ class Unit:
     pid_start: int | None = None  # start time of the init, to recognise it after a restart
     history: list[dict[str, Any]] = field(default_factory=list)  # last exits, newest last
     oom_kills: int = 0  # exits the kernel's OOM killer caused
+    links: dict[str, bool] = field(default_factory=dict)  # container ifname -> up (networks)
     timer: anyio.CancelScope | None = None
     changed: anyio.Event = field(default_factory=anyio.Event)
 
@@ -94,6 +95,8 @@ class Supervisor:
         self.events = EventBus()
         self._exec_pids: set[int] = set()
         self.signals_forwarded = 0  # signals sent to containers (a metric)
+        self.netlink_events: dict[str, int] = {}  # link event kind -> count (a metric)
+        self.netlink_resyncs = 0  # full link dumps after a netlink buffer overflow
         self.start_durations: list[float] = []  # launch latencies not yet observed
 
     # ------------------------------------------------------------------ lifecycle
