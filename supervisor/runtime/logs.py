@@ -130,6 +130,10 @@ class Stream:
         if not data:
             self.flush()
             return False
+        self._take(data)
+        return True
+
+    def _take(self, data: bytes) -> None:
         if self.pending:
             data = self.pending + data
         end = data.rfind(b"\n") + 1
@@ -139,11 +143,10 @@ class Stream:
         elif end:
             self.file.write(data[:end])
             data = data[end:]
-        if len(data) >= LOG_LINE_MAX:
-            self.file.write(data)  # an over-long line: split here
-            data = b""
+        while len(data) >= LOG_LINE_MAX:  # an over-long line: written in pieces
+            self.file.write(data[:LOG_LINE_MAX])
+            data = data[LOG_LINE_MAX:]
         self.pending = data
-        return True
 
     def drain(self) -> None:
         """Everything left in the pipe, then the partial line, when the init exits."""
@@ -154,11 +157,7 @@ class Stream:
                 break
             if not data:
                 break
-            self.pending += data
-            end = self.pending.rfind(b"\n") + 1
-            if end:
-                self.file.write(self.pending[:end])
-                self.pending = self.pending[end:]
+            self._take(data)
         self.flush()
 
     def flush(self) -> None:

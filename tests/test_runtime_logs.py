@@ -1,0 +1,179 @@
+"""Log capture by the container's init: whole lines, rotation, no loss, no caller needed."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from supervisor.runtime import ContainerSpec, LogSpec, Runtime, SpecError
+from supervisor.runtime.consts import LOG_LINE_MAX
+
+from .conftest import Runner
+
+pytestmark = pytest.mark.root
+
+NO_USER = ("mount", "uts", "ipc", "pid", "net", "cgroup")
+
+
+def log_files(d, name: str, kind: str = "out") -> list[str]:
+    """The retained files of one stream, oldest first."""
+    base = f"{name}.{kind}.log"
+    found = sorted((int(f.rsplit(".", 1)[1]) for f in os.listdir(d)
+                    if f.startswith(base + ".")), reverse=True)
+    return [str(d / f"{base}.{n}") for n in found] + [str(d / base)]
+
+
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def read_all(d, name: str, kind: str = "out") -> bytes:
+    return b"".join(read_bytes(p) for p in log_files(d, name, kind))
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("namespaces", [NO_USER, NO_USER + ("user",)], ids=["host-ids",
+                                                                           "userns"])
+def test_every_line_arrives_once_in_order_across_rotations(runner: Runner, tmp_path,
+                                                          namespaces) -> None:
+    # 200k lines "%06d\n" (1.4 MB) in 64 KiB files: 22 files, all retained (30 backups).
+    spec = runner.spec(["/usr/bin/seq", "-f", "%06g", "0", "199999"], namespaces=namespaces,
+                       log=LogSpec(dir=str(tmp_path), max_bytes=65536, backups=30))
+    c = runner.start(spec)
+    assert c.wait(30).exit_code == 0
+    files = log_files(tmp_path, spec.name)
+    assert len(files) > 20
+    for path in files:
+        size = os.path.getsize(path)
+        assert size <= 65536
+        data = read_bytes(path)
+        assert data.endswith(b"\n"), f"{path} ends mid-line"
+    lines = read_all(tmp_path, spec.name).split(b"\n")
+    assert lines[-1] == b""
+    assert lines[:-1] == [b"%06d" % i for i in range(200000)]
+    assert os.stat(files[-1]).st_uid == 0  # host root's, also through the idmap
+    assert read_all(tmp_path, spec.name, "err") == b""
+
+
+def test_rotation_keeps_the_newest_files_contiguous(runner: Runner, tmp_path) -> None:
+    spec = runner.spec(["/usr/bin/seq", "-f", "%06g", "0", "99999"],
+                       log=LogSpec(dir=str(tmp_path), max_bytes=16384, backups=3))
+    c = runner.start(spec)
+    assert c.wait(30).exit_code == 0
+    files = log_files(tmp_path, spec.name)
+    assert [os.path.basename(p) for p in files] == [
+        f"{spec.name}.out.log.3", f"{spec.name}.out.log.2", f"{spec.name}.out.log.1",
+        f"{spec.name}.out.log"]
+    numbers = [int(x) for x in read_all(tmp_path, spec.name).split()]
+    assert numbers[-1] == 99999
+    assert numbers == list(range(numbers[0], 100000))
+
+
+def test_long_lines_stay_whole_and_huge_ones_are_split(runner: Runner, tmp_path) -> None:
+    # A 20000-byte line with max_bytes 8192: alone in its file. A 150000-byte line:
+    # split beyond LOG_LINE_MAX, nothing lost.
+    script = ("head -c 3000 /dev/zero | tr '\\0' a; echo; "
+              "head -c 20000 /dev/zero | tr '\\0' b; echo; "
+              "echo short; head -c 150000 /dev/zero | tr '\\0' c; echo; echo end")
+    spec = runner.spec(["/bin/sh", "-c", script],
+                       log=LogSpec(dir=str(tmp_path), max_bytes=8192, backups=50))
+    c = runner.start(spec)
+    assert c.wait(20).exit_code == 0
+    data = read_all(tmp_path, spec.name)
+    assert data.split(b"\n") == [b"a" * 3000, b"b" * 20000, b"short", b"c" * 150000, b"end",
+                                 b""]
+    contents = [read_bytes(p) for p in log_files(tmp_path, spec.name)]
+    assert b"b" * 20000 + b"\n" in contents, "the long line is not alone in one file"
+    assert all(len(x) <= LOG_LINE_MAX + 1 for x in contents if x.startswith(b"c"))
+
+
+def test_separate_and_merged_streams(runner: Runner, tmp_path) -> None:
+    script = "echo out1; echo err1 >&2; echo out2; echo err2 >&2"
+    a = runner.start(runner.spec(["/bin/sh", "-c", script], log=LogSpec(dir=str(tmp_path))))
+    b = runner.start(runner.spec(["/bin/sh", "-c", script],
+                                 log=LogSpec(dir=str(tmp_path), merge=True)))
+    assert a.wait(10).exit_code == 0 and b.wait(10).exit_code == 0
+    assert read_all(tmp_path, a.name) == b"out1\nout2\n"
+    assert read_all(tmp_path, a.name, "err") == b"err1\nerr2\n"
+    assert read_all(tmp_path, b.name) == b"out1\nerr1\nout2\nerr2\n"
+    assert not os.path.exists(tmp_path / f"{b.name}.err.log")
+
+
+def test_partial_last_line_and_exit_record_after_exit(runner: Runner, tmp_path) -> None:
+    exit_file = str(tmp_path / "exit")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    spec = runner.spec(["/bin/sh", "-c", "echo one; printf two; exit 3"],
+                       log=LogSpec(dir=str(logs)))
+    c = runner.start(spec, exit_file=exit_file)
+    assert c.wait(10).exit_code == 3
+    assert read_all(logs, spec.name) == b"one\ntwo\n"
+    from supervisor.runtime.status import read_exit_file
+    assert read_exit_file(exit_file).exit_code == 3
+
+
+def test_capture_goes_on_without_the_caller(unique, tmp_path) -> None:
+    """The Runtime and every fd of the handle are closed: the workload keeps writing
+    (no SIGPIPE, no blocking) and its lines keep arriving."""
+    name = unique("orphan")
+    rt = Runtime()
+    c = rt.start(ContainerSpec(
+        name=name, command=["/bin/sh", "-c", "i=0; while [ $i -lt 400 ]; do "
+                                             "echo line $i; i=$((i+1)); sleep 0.005; done"],
+        log=LogSpec(dir=str(tmp_path))))
+    pid = c.pid
+    rt.close()
+    c.close()
+    try:
+        wait_for(lambda: read_all(tmp_path, name).endswith(b"line 399\n"))
+        assert read_all(tmp_path, name).split(b"\n")[:-1] == [
+            b"line %d" % i for i in range(400)]
+        statuses = []
+
+        def exited() -> bool:
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+            statuses.append(status)
+            return reaped == pid
+
+        wait_for(exited)  # by itself, with the workload's status: no SIGPIPE (141)
+        assert os.waitstatus_to_exitcode(statuses[-1]) == 0
+        pid = -1
+    finally:
+        if pid > 0:
+            try:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
+def test_file_removed_from_outside_is_recreated(runner: Runner, tmp_path) -> None:
+    c = runner.start(runner.spec(
+        ["/bin/sh", "-c", "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.02; done"],
+        log=LogSpec(dir=str(tmp_path))))
+    path = tmp_path / f"{c.name}.out.log"
+    wait_for(lambda: path.exists() and path.stat().st_size > 0)
+    os.unlink(path)
+    wait_for(lambda: path.exists() and path.stat().st_size > 0, timeout=5)
+    first = int(path.read_bytes().split(b"\n")[0].split()[1])
+    assert first > 0
+    c.kill()
+    c.wait(10)
+
+
+def test_bad_log_spec_is_refused(runner: Runner, tmp_path) -> None:
+    with pytest.raises(SpecError, match=r"log\.dir"):
+        runner.runtime.start(runner.spec(["/bin/true"], log=LogSpec(dir="relative")))
+    with pytest.raises(SpecError, match=r"log\.max_bytes"):
+        runner.runtime.start(runner.spec(["/bin/true"],
+                                         log=LogSpec(dir=str(tmp_path), max_bytes=-1)))
