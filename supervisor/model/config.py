@@ -23,6 +23,15 @@ from os import PathLike
 from typing import Any
 
 from supervisor.model.deps import find_cycle
+from supervisor.model.networks import (
+    Attachment,
+    NetworkConfig,
+    PortConfig,
+    parse_attachments,
+    parse_networks,
+    parse_ports,
+)
+from supervisor.model.networks import check as check_networks
 from supervisor.model.units import ConfigError, parse_duration, parse_size, toml_type_name
 
 __all__ = [
@@ -246,6 +255,8 @@ class ContainerConfig:
     stop_timeout: float = 10.0
     log: LogConfig = LogConfig()
     limits: LimitsConfig = LimitsConfig()
+    networks: tuple[Attachment, ...] = ()
+    ports: tuple[PortConfig, ...] = ()
     readonly_rootfs: bool = False
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
@@ -286,6 +297,10 @@ class ContainerConfig:
                 value = value.name if isinstance(value, signal.Signals) else int(value)
             elif f.name == "mounts":
                 value = [m.to_dict() for m in value]
+            elif f.name == "networks":
+                value = {a.network: a.address or "" for a in value}
+            elif f.name == "ports":
+                value = [str(p) for p in value]
             elif isinstance(value, BackoffConfig | LogConfig | LimitsConfig):
                 value = value.to_dict()
             elif isinstance(value, tuple):
@@ -303,6 +318,7 @@ class Config:
     supervisor: SupervisorConfig = SupervisorConfig()
     containers: dict[str, ContainerConfig] = field(default_factory=dict)
     source: str = ""
+    networks: dict[str, NetworkConfig] = field(default_factory=dict)
 
     @property
     def groups(self) -> dict[str, list[str]]:
@@ -316,6 +332,7 @@ class Config:
         """Plain, JSON-able values in the TOML schema's shape (``source`` left out)."""
         return {
             "supervisor": self.supervisor.to_dict(),
+            "networks": {n: net.to_dict() for n, net in self.networks.items()},
             "containers": {n: c.to_dict() for n, c in self.containers.items()},
         }
 
@@ -347,7 +364,9 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
     for name, cfg in new.containers.items():
         if name not in old.containers:
             added.append(name)
-        elif old.containers[name] != cfg:
+        elif old.containers[name] != cfg or any(
+                old.networks.get(a.network) != new.networks.get(a.network)
+                for a in cfg.networks):
             changed.append(name)
         else:
             unchanged.append(name)
@@ -756,6 +775,8 @@ _CONTAINER = _Table(
         "cap_add": _array(_capability, what=_STRINGS, unique=True),
         "cap_drop": _array(_capability, what=_STRINGS, unique=True),
         "no_new_privs": _boolean,
+        "networks": parse_attachments,
+        "ports": parse_ports,
     },
     _check_container,
 )
@@ -773,7 +794,8 @@ def _containers(value: Any, where: str) -> dict[str, ContainerConfig]:
     return out
 
 
-_TOP_KEYS: dict[str, Parser] = {"supervisor": _SUPERVISOR, "containers": _containers}
+_TOP_KEYS: dict[str, Parser] = {"supervisor": _SUPERVISOR, "networks": parse_networks,
+                                 "containers": _containers}
 
 
 def _check_dependencies(containers: Mapping[str, ContainerConfig]) -> None:
@@ -805,6 +827,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "") -> Config:
         parsed = {k: parse(data[k], k) for k, parse in _TOP_KEYS.items() if k in data}
         config = Config(**parsed, source=source)
         _check_dependencies(config.containers)
+        check_networks(config.networks, config.containers)
     except ConfigError as err:
         raise err.with_source(source) from None
     return config
