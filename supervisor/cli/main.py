@@ -61,6 +61,9 @@ class Parser(argparse.ArgumentParser):
     """Usage errors are one line (and an exception, so the shell survives them)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if message.startswith("argument COMMAND: invalid choice:"):
+            word = message.split(":", 2)[2].split("(choose")[0].strip().strip("'")
+            raise UsageError(f"no such command: {word} (see '{PROG} help')")
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
     def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
@@ -175,7 +178,7 @@ def build_parser(interactive: bool = False, only: str | None = None) -> Parser:
     """The command line; ``only``: just that command's subparser (argparse is slow to
     build 20 of them, and a status call should not pay for that). In the shell, only
     the commands (no -s/-c)."""
-    p = Parser(prog=PROG if not interactive else "", add_help=not interactive,
+    p = Parser(prog=PROG, add_help=not interactive,
                description="Control nsvisord, the nsvisor container supervisor. "
                            "Without a command: an interactive shell.",
                epilog=EPILOG, formatter_class=Formatter)
@@ -301,7 +304,7 @@ def format_status(rows: list[dict[str, Any]], width: int = 80) -> list[str]:
     """``name  STATE     description ... N restarts``, aligned, each line within width."""
     if not rows:
         return []
-    name_w = min(max(len(str(r.get("name", ""))) for r in rows), max(12, width // 3))
+    name_w = min(max(len(str(r.get("name", ""))) for r in rows), max(12, width // 2))
     restarts = [_restarts(r.get("restarts")) for r in rows]
     rest_w = max(len(s) for s in restarts)
     lines = []
