@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,14 +46,15 @@ class Daemon:
     def name(self, base: str) -> str:
         return f"{self.prefix}-{base}"
 
-    def write_config(self, containers: str) -> None:
-        """``containers``: TOML with ``{p}`` standing for this test's name prefix."""
+    def write_config(self, containers: str, *, metrics_listen: str = "") -> None:
+        """``containers``: TOML with ``{p}`` standing for this test's name prefix.
+        ``metrics_listen``: the metrics endpoint's host:port (default: disabled)."""
         self.config.write_text(
             "[supervisor]\n"
             f'socket = "{self.tmp}/nsvisor.sock"\n'
             f'state_dir = "{self.state_dir}"\n'
             f'log_dir = "{self.log_dir}"\n'
-            'metrics_listen = ""\n\n' + containers.replace("{p}", self.prefix))
+            f'metrics_listen = "{metrics_listen}"\n\n' + containers.replace("{p}", self.prefix))
 
     def start(self, *extra: str) -> subprocess.Popen:
         err = open(self.stderr_path, "a")  # noqa: SIM115 - the child keeps it
@@ -120,6 +122,23 @@ class Daemon:
                 pid = json.loads(path.read_text())["pid"]
                 if pid:
                     self.seen_pids.add(pid)
+
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
+        """Call the daemon's control API; returns (status, decoded JSON body)."""
+        data = b"" if body is None else json.dumps(body).encode()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(str(self.tmp / "nsvisor.sock"))
+            s.sendall(f"{method} {path} HTTP/1.1\r\nContent-Length: {len(data)}\r\n\r\n"
+                      .encode() + data)
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        finally:
+            s.close()
+        head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
+        return int(head.split(b" ")[1]), json.loads(payload) if payload.strip() else None
 
     # --- cleanup -----------------------------------------------------------------
 

@@ -36,7 +36,8 @@ def inspect(sup: Supervisor, name: str) -> dict[str, Any]:
         "cgroup": unit.cgroup.paths if unit.cgroup is not None else None,
         "limits": unit.cfg.limits.to_dict(),
         "logs": {"stdout": sup.log_path(name, "stdout"), "stderr": sup.log_path(name, "stderr")},
-        "addresses": {},
+        "addresses": {a.network: sup.network.address(name, a.network)
+                      for a in unit.cfg.networks},
         "history": unit.history,
     }
 

@@ -16,6 +16,7 @@ from ..runtime import Runtime
 from ..runtime.reaper import DEFAULT_REAPER, Reaper
 from . import logs
 from .api import ApiServer
+from .metrics import MetricsServer
 from .signals import SignalReader
 from .supervisor import Supervisor
 
@@ -57,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         anyio.run(_serve, config, runtime, DEFAULT_REAPER, _cgroups(), signals,
                   backend="asyncio")
+    except ConfigError as e:  # e.g. a published port is taken
+        print(f"nsvisord: {e.with_source(config.source) if not e.source else e}",
+              file=sys.stderr)
+        return 2
     except OSError as e:  # e.g. the control socket is taken by a running nsvisord
         log.error("fatal", error=str(e))
         print(f"nsvisord: {e}", file=sys.stderr)
@@ -83,6 +88,8 @@ async def _serve(config, runtime: Runtime, reaper: Reaper, cgroups: CgroupManage
     api = ApiServer(supervisor)
     async with anyio.create_task_group() as tg:
         await tg.start(api.serve, config.supervisor.socket, config.supervisor.socket_group)
+        if config.supervisor.metrics_listen:
+            await tg.start(MetricsServer(supervisor).serve, config.supervisor.metrics_listen)
         await supervisor.run(tg)
         tg.start_soon(_handle_signals, signals, supervisor, reaper)
         log.info("started", pid=os.getpid(), config=config.source)

@@ -31,6 +31,7 @@ from ..runtime.reaper import Reaper
 from ..runtime.status import read_exit_file
 from ..specs import spec_from_config
 from .events import EventBus
+from .network import NetworkManager
 from .store import StateStore, process_start_time
 
 log = structlog.get_logger("nsvisord")
@@ -97,6 +98,8 @@ class Supervisor:
         self.signals_forwarded = 0  # signals sent to containers (a metric)
         self.netlink_events: dict[str, int] = {}  # link event kind -> count (a metric)
         self.netlink_resyncs = 0  # full link dumps after a netlink buffer overflow
+        self.network = NetworkManager(config.supervisor.state_dir, self._link_event)
+        self.network.configure(config.networks, config.containers)  # ConfigError: port taken
         self.start_durations: list[float] = []  # launch latencies not yet observed
 
     # ------------------------------------------------------------------ lifecycle
@@ -104,6 +107,7 @@ class Supervisor:
     async def run(self, tg: TaskGroup) -> None:
         """Restore what survived the last daemon, then start what should run."""
         self._tg = tg
+        await tg.start(self.network.run, tg)
         for cfg in self.config.containers.values():
             self._restore(cfg)
         for name in self.store.names():
@@ -119,6 +123,7 @@ class Supervisor:
         """Stop every container, dependents before their dependencies."""
         self.shutting_down = True
         await self.stop(list(self.units), save_manual=False, timeout=timeout)
+        await anyio.to_thread.run_sync(self.network.close)
         log.info("all stopped")
 
     # ------------------------------------------------------------------ operations
@@ -318,6 +323,13 @@ class Supervisor:
 
     async def _apply_diff(self, new: Config, added: list[str], changed: list[str],
                           removed: list[str]) -> None:
+        containers = self._active_containers()
+        for name in removed:
+            containers.pop(name, None)
+        for name in [*changed, *added]:
+            containers[name] = new.containers[name]
+        # Ports and addresses first: a port that cannot be bound rejects the whole change.
+        self.network.configure(new.networks, containers)
         gone = [*removed, *changed]
         await self.stop([n for n in gone if n in self.units])
         for name in gone:
@@ -377,6 +389,8 @@ class Supervisor:
             self._apply(unit, unit.policy.spawn_failed(self.clock(), str(e)))
             return
         unit.container, unit.cgroup = container, cgroup
+        unit.links = {link.ifname: True for link in self.network.running.get(unit.name,
+                                                                              (0, []))[1]}
         self.start_durations.append(time.perf_counter() - started)
         unit.pid_start = process_start_time(container.pid)
         log.info("spawned", container=unit.name, pid=container.pid)
@@ -403,10 +417,25 @@ class Supervisor:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         out = os.open(out_path, flags, 0o640)
         err = out if cfg.log.merge else os.open(err_path, flags, 0o640)
+        # With a network namespace, the init waits before exec while its links are made.
+        hold = "net" in cfg.namespaces
+        extra["hold"] = hold
+        extra["extra_hosts"] = self.network.extra_hosts(cfg.name)
+        container = None
         try:
             container = self.runtime.start(spec_from_config(cfg, **extra), stdout=out,
                                            stderr=err, exit_file=self.store.exit_file(cfg.name))
+            if hold:
+                self.network.wire(cfg, container.pid)
+                container.go()
         except BaseException:
+            if container is not None and container.poll() is None:
+                container.kill()
+                with contextlib.suppress(TimeoutError):
+                    container.wait(10)
+            if container is not None:
+                container.close()
+            self.network.unwire(cfg.name)
             if cgroup is not None:
                 self._destroy_cgroup(cgroup)
             raise
@@ -436,6 +465,8 @@ class Supervisor:
 
     async def _cleanup(self, unit: Unit, container: Container) -> None:
         container.close()
+        unit.links = {}
+        await anyio.to_thread.run_sync(self.network.unwire, unit.name)
         if unit.container is container:
             unit.container = None
             unit.pid_start = None
@@ -544,6 +575,7 @@ class Supervisor:
         self.store.remove(name)
         if not keep_ids:
             self.runtime.ids.release(name)
+            self.network.forget(name)
 
     def _save(self, unit: Unit) -> None:
         if self.units.get(unit.name) is not unit:
@@ -565,6 +597,19 @@ class Supervisor:
                                         "at": at}][-HISTORY:]
         self.events.publish("exited", container=unit.name, pid=pid,
                             exit_code=status.exit_code, reason=reason)
+
+    def _link_event(self, kind: str, **fields: Any) -> None:
+        """A netlink event about one of our links (from the network manager)."""
+        self.netlink_events[kind] = self.netlink_events.get(kind, 0) + 1
+        if kind == "resync":
+            self.netlink_resyncs += 1
+        unit = self.units.get(fields.get("container", ""))
+        if unit is not None and kind in ("link_down", "link_deleted", "repaired"):
+            for ifname in unit.links:
+                unit.links[ifname] = kind == "repaired"
+        log.warning("link", kind=kind, **fields) if kind != "repaired" else \
+            log.info("link", kind=kind, **fields)
+        self.events.publish("link", kind=kind, **fields)
 
     # ------------------------------------------------------------------ helpers
 

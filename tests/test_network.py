@@ -1,0 +1,292 @@
+"""Container networks under a real nsvisord: veth pairs, bridges, ports, repairs, cleanup.
+
+Traffic goes only to the containers' own addresses, in networks these tests create (and
+to loopback for published ports); forwarding is never enabled.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import RUN_ID
+from .daemon_harness import Daemon, wait_for
+
+pytestmark = pytest.mark.root
+_counter = iter(range(1, 200))
+_SUBNET_BASE = 100 + int(RUN_ID, 16) % 100  # 10.<100..199>.<n>.0/24, unique per run
+
+
+def subnet() -> tuple[str, str]:
+    n = next(_counter)
+    return f"n{RUN_ID}{n}", f"10.{_SUBNET_BASE}.{n}"
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path, f"n{RUN_ID}{next(_counter)}")
+    try:
+        yield d
+    finally:
+        d.cleanup()
+
+
+def host_links() -> list[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)
+    return sorted(line.split(": ")[1].split("@")[0] for line in out.stdout.splitlines())
+
+
+def in_netns(pid: int, code: str, timeout: float = 15) -> subprocess.CompletedProcess:
+    """Run Python code inside the network namespace of ``pid``."""
+    return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "python3", "-c", code],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def tcp_ok(pid: int, addr: str, port: int) -> bool:
+    r = in_netns(pid, f"import socket; socket.create_connection(('{addr}', {port}), 2)")
+    return r.returncode == 0
+
+
+PING = """
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(2)
+payload = b'nsvisor'
+head = struct.pack('!BBHHH', 8, 0, 0, 0x4e53, 1)
+def csum(b):
+    b += b'\\0' * (len(b) % 2)
+    t = sum(struct.unpack('!%dH' % (len(b) // 2), b)); t = (t >> 16) + (t & 0xffff)
+    return ~(t + (t >> 16)) & 0xffff
+pkt = struct.pack('!BBHHH', 8, 0, csum(head + payload), 0x4e53, 1) + payload
+s.sendto(pkt, ('ADDR', 0))
+while True:
+    data, src = s.recvfrom(1024)
+    if data[20] == 0 and src[0] == 'ADDR':
+        print('pong'); break
+"""
+
+
+def ping_from(pid: int, addr: str) -> bool:
+    r = in_netns(pid, PING.replace("ADDR", addr))
+    return r.stdout.strip() == "pong"
+
+
+def icmp_ping(addr: str, timeout: float = 2.0) -> bool:
+    """One ICMP echo from the host (the tests' own bridge address) to ``addr``."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.settimeout(timeout)
+    try:
+        ident = os.getpid() & 0xFFFF
+        payload = b"nsvisor"
+        head = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
+        data = head + payload
+        data += b"\0" * (len(data) % 2)
+        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+        total = (total >> 16) + (total & 0xFFFF)
+        checksum = ~(total + (total >> 16)) & 0xFFFF
+        s.sendto(struct.pack("!BBHHH", 8, 0, checksum, ident, 1) + payload, (addr, 0))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            reply, src = s.recvfrom(1024)
+            if src[0] == addr and reply[20] == 0:
+                return True
+        return False
+    except TimeoutError:
+        return False
+    finally:
+        s.close()
+
+
+def address(d: Daemon, name: str, network: str) -> str:
+    return d.api("GET", f"/v1/containers/{d.name(name)}/inspect")[1]["addresses"][network]
+
+
+def test_red_and_blue_over_a_veth_pair(daemon: Daemon) -> None:
+    net, base = subnet()
+    daemon.write_config(
+        f'[networks.{net}]\ndriver = "veth"\nsubnet = "{base}.0/24"\n\n'
+        '[containers.{p}-red]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+        f'networks = {{ {net} = "{base}.2" }}\n\n'
+        '[containers.{p}-blue]\n'
+        'command = ["/usr/bin/python3", "-m", "http.server", "7000"]\nstartsecs = 0\n'
+        f'networks = {{ {net} = "{base}.3" }}\n')
+    daemon.start()
+    red = daemon.wait_state("red", "RUNNING")["pid"]
+    blue = daemon.wait_state("blue", "RUNNING")["pid"]
+    assert ping_from(red, f"{base}.3")
+    assert ping_from(blue, f"{base}.2")
+    wait_for(lambda: tcp_ok(red, f"{base}.3", 7000), 10, "blue's server")
+    hosts = Path(f"/proc/{red}/root/etc/hosts").read_text()
+    assert f"{base}.3\t{daemon.name('blue')}" in hosts
+    # Restart blue: the pair is made again and red reaches the new blue.
+    assert daemon.api("POST", "/v1/restart", {"names": [daemon.name("blue")]})[0] == 200
+    new_blue = daemon.wait_state("blue", "RUNNING")["pid"]
+    assert new_blue != blue
+    assert ping_from(red, f"{base}.3")
+    assert not [link for link in host_links() if daemon.prefix in link]
+
+
+def test_bridge_members_reach_each_other_and_the_gateway_not_other_networks(
+        daemon: Daemon) -> None:
+    lab, base = subnet()
+    other, other_base = subnet()
+    daemon.write_config(
+        f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{base}.0/24"\n\n'
+        f'[networks.{other}]\ndriver = "bridge"\nsubnet = "{other_base}.0/24"\n\n'
+        '[containers.{p}-a]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+        f'networks = ["{lab}"]\n\n'
+        '[containers.{p}-b]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+        f'networks = ["{lab}"]\n\n'
+        '[containers.{p}-c]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+        f'networks = ["{other}"]\n')
+    daemon.start()
+    a = daemon.wait_state("a", "RUNNING")["pid"]
+    daemon.wait_state("b", "RUNNING")
+    c = daemon.wait_state("c", "RUNNING")["pid"]
+    b_addr = address(daemon, "b", lab)
+    assert ping_from(a, b_addr)
+    assert ping_from(a, f"{base}.1")  # the gateway, the bridge's own address
+    assert icmp_ping(b_addr)  # the host reaches its containers through the bridge
+    assert not ping_from(c, b_addr)  # no forwarding between networks
+    route = subprocess.run(["nsenter", f"--net=/proc/{a}/ns/net", "ip", "route"],
+                           capture_output=True, text=True).stdout
+    assert f"default via {base}.1 dev eth0" in route
+
+
+def test_a_container_without_networks_has_only_loopback_up(daemon: Daemon) -> None:
+    daemon.write_config('[containers.{p}-alone]\ncommand = ["/bin/sleep", "1000"]\n'
+                        'startsecs = 0\n')
+    daemon.start()
+    pid = daemon.wait_state("alone", "RUNNING")["pid"]
+    out = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-o", "link"],
+                         capture_output=True, text=True).stdout
+    assert len(out.splitlines()) == 1 and "lo:" in out and ",UP," in out
+
+
+def test_published_port_serves_from_the_host_and_follows_a_restart(daemon: Daemon) -> None:
+    lab, base = subnet()
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    daemon.write_config(
+        f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{base}.0/24"\n\n'
+        '[containers.{p}-web]\n'
+        'command = ["/usr/bin/python3", "-m", "http.server", "8080"]\nstartsecs = 0\n'
+        f'networks = ["{lab}"]\nports = ["127.0.0.1:{port}:8080/tcp"]\n')
+    daemon.start()
+    daemon.wait_state("web", "RUNNING")
+    url = f"http://127.0.0.1:{port}/"
+
+    def get() -> int | None:
+        try:
+            return urllib.request.urlopen(url, timeout=3).status
+        except OSError:
+            return None
+
+    assert wait_for(get, 10, "the published port") == 200
+    old = daemon.state("web")["pid"]
+    daemon.api("POST", "/v1/restart", {"names": [daemon.name("web")]})
+    wait_for(lambda: daemon.state("web")["pid"] not in (None, old), 10)
+    assert wait_for(get, 10, "the port after a restart") == 200
+    daemon.api("POST", "/v1/stop", {"names": [daemon.name("web")]})
+    assert get() is None  # nothing behind it while stopped
+
+
+def test_deleted_host_veth_is_repaired_without_a_restart(daemon: Daemon) -> None:
+    lab, base = subnet()
+    daemon.write_config(
+        f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{base}.0/24"\n\n'
+        '[containers.{p}-x]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+        f'networks = ["{lab}"]\n')
+    daemon.start()
+    pid = daemon.wait_state("x", "RUNNING")["pid"]
+    addr = address(daemon, "x", lab)
+    assert icmp_ping(addr)
+    host_end = next(link for link in host_links() if link.startswith("nsv")
+                    and link not in (f"nsv-{lab}",) and "@" not in link
+                    and _master_is(link, f"nsv-{lab}"))
+    deleted_at = time.monotonic()
+    subprocess.run(["ip", "link", "del", host_end], check=True)
+    wait_for(lambda: host_end in host_links(), 2, "the repaired link")
+    repaired_in = time.monotonic() - deleted_at
+    assert repaired_in < 1.0, repaired_in
+    assert wait_for(lambda: icmp_ping(addr, 0.5), 5, "the container reachable again")
+    assert daemon.state("x")["pid"] == pid  # not restarted
+    kinds = [e["kind"] for e in daemon.events("link")]
+    assert "link_deleted" in kinds and "repaired" in kinds
+    # Down from outside: set up again.
+    subprocess.run(["ip", "link", "set", host_end, "down"], check=True)
+    wait_for(lambda: ",UP" in subprocess.run(["ip", "-o", "link", "show", host_end],
+                                             capture_output=True, text=True).stdout, 2)
+
+
+def _master_is(link: str, bridge: str) -> bool:
+    out = subprocess.run(["ip", "-o", "link", "show", link], capture_output=True,
+                         text=True).stdout
+    return f"master {bridge} " in out
+
+
+def test_fifty_containers_on_one_bridge_are_all_reachable(daemon: Daemon) -> None:
+    lab, base = subnet()
+    containers = "".join(
+        f'[containers.{{p}}-m{i}]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+        f'networks = ["{lab}"]\n\n' for i in range(50))
+    daemon.write_config(f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{base}.0/24"\n\n'
+                        + containers)
+    daemon.start()
+    for i in range(50):
+        daemon.wait_state(f"m{i}", "RUNNING", timeout=60)
+    addrs = [address(daemon, f"m{i}", lab) for i in range(50)]
+    assert len(set(addrs)) == 50
+    assert [a for a in addrs if not icmp_ping(a)] == []
+
+
+def test_shutdown_leaves_the_host_links_as_before(daemon: Daemon) -> None:
+    lab, base = subnet()
+    pair, pair_base = subnet()
+    before = host_links()
+    netns_before = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
+    daemon.write_config(
+        f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{base}.0/24"\n\n'
+        f'[networks.{pair}]\ndriver = "veth"\nsubnet = "{pair_base}.0/24"\n\n'
+        '[containers.{p}-a]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+        f'networks = ["{lab}", "{pair}"]\n\n'
+        '[containers.{p}-b]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+        f'networks = ["{pair}"]\n')
+    daemon.start()
+    daemon.wait_state("a", "RUNNING")
+    daemon.wait_state("b", "RUNNING")
+    assert host_links() != before
+    assert daemon.stop() == 0
+    assert host_links() == before
+    assert (sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []) \
+        == netns_before
+
+
+def test_a_taken_port_is_a_config_error(daemon: Daemon) -> None:
+    lab, base = subnet()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        daemon.write_config(
+            f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{base}.0/24"\n\n'
+            '[containers.{p}-web]\ncommand = ["/bin/sleep", "1000"]\n'
+            f'networks = ["{lab}"]\nports = ["127.0.0.1:{port}:80"]\n')
+        proc = daemon.start()
+        assert proc.wait(30) == 2
+        assert f"containers.{daemon.name('web')}.ports[0]: 127.0.0.1:{port} cannot be " \
+               "published: Address already in use" in daemon.log_text()
+    finally:
+        taken.close()
+    assert not [link for link in host_links() if f"nsv-{lab}" == link]
