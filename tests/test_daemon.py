@@ -266,3 +266,37 @@ def test_limits_apply_and_an_oom_kill_is_recognised(daemon: Daemon) -> None:
     restarted = wait_for(lambda: (s := daemon.state("hog")).get("restarts", 0) >= 1 and s, 20)
     assert restarted["last_exit_reason"] == "OOMKilled"
     assert restarted["last_exit_code"] == 137
+
+
+def test_logs_are_rotated_and_every_line_kept(daemon: Daemon) -> None:
+    daemon.write_config(
+        '[containers.{p}-talk]\n'
+        'command = ["/bin/sh", "-c", "seq 1 30000; echo done >&2"]\n'
+        'startsecs = 0\nrestart = "no"\nlog = { max_bytes = "32K", backups = 20 }\n')
+    daemon.start()
+    daemon.wait_state("talk", "EXITED")
+    log_dir, name = daemon.log_dir, daemon.name("talk")
+    files = sorted(log_dir.glob(f"{name}.out.log.*"), key=lambda p: -int(p.suffix[1:]))
+    assert len(files) >= 5  # 170 KiB of output in 32 KiB files
+    text = "".join(p.read_text() for p in [*files, log_dir / f"{name}.out.log"])
+    assert text.split() == [str(i) for i in range(1, 30001)]  # in order, none lost
+    assert all(p.stat().st_size <= 32 * 1024 for p in files)
+    assert (log_dir / f"{name}.err.log").read_text() == "done\n"
+
+
+def test_output_flows_while_the_daemon_is_down(daemon: Daemon) -> None:
+    daemon.write_config(
+        '[containers.{p}-steady]\n'
+        'command = ["/bin/sh", "-c", '
+        '"i=0; while [ $i -lt 60 ]; do i=$((i+1)); echo line $i; sleep 0.05; done"]\n'
+        'startsecs = 0\nrestart = "no"\n')
+    daemon.start()
+    pid = daemon.wait_state("steady", "RUNNING")["pid"]
+    daemon.crash()  # kill -9: nobody reads anything from the daemon's side now
+    log = daemon.log_dir / f"{daemon.name('steady')}.out.log"
+    wait_for(lambda: not alive(pid), 20, "the workload to finish on its own")
+    lines = log.read_text().splitlines()
+    assert lines == [f"line {i}" for i in range(1, 61)]
+    daemon.start()
+    exited = wait_for(lambda: daemon.events("exited while nsvisord was down", "steady"), 10)
+    assert exited[0]["status"] == "exit status 0"  # no SIGPIPE, no error

@@ -28,6 +28,7 @@ from ..model.policy import ContainerPolicy, Kill, PolicySettings, Spawn, WakeAt
 from ..model.states import NOT_RUNNING_STATES, SIGNALLABLE_STATES, State
 from ..runtime import Container, ExitStatus, LaunchError, Runtime, SpecError
 from ..runtime.reaper import Reaper
+from ..runtime.spec import LogSpec
 from ..runtime.status import read_exit_file
 from ..specs import spec_from_config
 from .events import EventBus
@@ -411,20 +412,18 @@ class Supervisor:
         elif limits != Limits():
             raise CgroupError(f"{cfg.name}: limits need cgroups, and this host has none "
                               "usable (see the daemon's start-up warning)")
-        out_path = os.path.join(self.config.supervisor.log_dir, f"{cfg.name}.out.log")
-        err_path = os.path.join(self.config.supervisor.log_dir, f"{cfg.name}.err.log")
-        # (log_path() answers for a running unit; at launch the config decides.)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        out = os.open(out_path, flags, 0o640)
-        err = out if cfg.log.merge else os.open(err_path, flags, 0o640)
+        # The init captures stdout and stderr into rotated files itself, so nothing is
+        # lost and nothing blocks while the daemon is down or restarting.
+        extra["log"] = LogSpec(self.config.supervisor.log_dir, max_bytes=cfg.log.max_bytes,
+                               backups=cfg.log.backups, merge=cfg.log.merge)
         # With a network namespace, the init waits before exec while its links are made.
         hold = "net" in cfg.namespaces
         extra["hold"] = hold
         extra["extra_hosts"] = self.network.extra_hosts(cfg.name)
         container = None
         try:
-            container = self.runtime.start(spec_from_config(cfg, **extra), stdout=out,
-                                           stderr=err, exit_file=self.store.exit_file(cfg.name))
+            container = self.runtime.start(spec_from_config(cfg, **extra),
+                                           exit_file=self.store.exit_file(cfg.name))
             if hold:
                 self.network.wire(cfg, container.pid)
                 container.go()
@@ -439,10 +438,6 @@ class Supervisor:
             if cgroup is not None:
                 self._destroy_cgroup(cgroup)
             raise
-        finally:
-            os.close(out)
-            if err != out:
-                os.close(err)
         return container, cgroup
 
     async def _watch(self, unit: Unit, container: Container) -> None:
