@@ -70,6 +70,9 @@ REQUEST_TIMEOUT = 10.0  # a client gets this long to send its request head
 SCRAPE_THREADS = 2  # concurrent scrapes reading files; more wait their turn
 OOM_KILLED = "OOMKilled"
 REASONS = ("Completed", "Error", "Signaled", OOM_KILLED)
+NETLINK_EVENTS = ("bridge_deleted", "link_deleted", "link_down", "repaired", "resync")
+"""What the network manager reports (``Supervisor._link_event``), exported from 0 on so a
+first event is an increase rather than a new series."""
 
 
 def terminated_reason(exit_code: int | None, reason: str | None) -> str:
@@ -356,9 +359,10 @@ def _core_families(snap: Snapshot) -> list[Metric]:
     for unit in snap.units:
         for ifname, up in unit.links:
             link.add_metric([unit.name, ifname], 1 if up else 0)
-    events = _counter("nsvisor_netlink_events_total", "Netlink link events received.",
-                      ["event"])
-    for event, count in snap.netlink_events:
+    events = _counter("nsvisor_netlink_events_total",
+                      "Netlink events about the daemon's links that needed action.", ["event"])
+    for event, count in sorted({**dict.fromkeys(NETLINK_EVENTS, 0),
+                                **dict(snap.netlink_events)}.items()):
         events.add_metric([event], count)
     resyncs = _counter("nsvisor_netlink_resyncs_total",
                        "Full link dumps after the netlink socket overflowed.", [])
