@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 
 from supervisor.runtime import Container, ContainerSpec, ExitStatus, Runtime
+from supervisor.runtime.reaper import DEFAULT_REAPER
 
 RUN_ID = secrets.token_hex(2)
 
@@ -23,6 +24,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for item in items:
             if "root" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _reap_strays() -> Iterator[None]:
+    """The test process is a child subreaper (a Runtime made it one): inits orphaned by a
+    killed daemon, or commands of a killed exec, end up its children. Reap them after
+    each test, as a daemon would, so no test sees another's zombies."""
+    yield
+    for pid, _status in DEFAULT_REAPER.reap_all():
+        DEFAULT_REAPER.forget(pid)
 
 
 @pytest.fixture(scope="session")

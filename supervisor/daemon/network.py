@@ -226,17 +226,20 @@ class NetworkManager:
                 with contextlib.suppress(OSError):
                     netlink.detach(link.host_ifname)
 
-    def close(self) -> None:
-        """Shutdown: remove the bridges we made and stop publishing ports."""
+    async def close(self) -> None:
+        """Shutdown: stop publishing ports and remove the links and bridges we made."""
         self.closing = True  # from here on, link events are our own doing: no repairs
+        for key in list(self.sockets):
+            self._close_port(key)  # cancel scopes: on the event loop, never from a thread
+        await anyio.to_thread.run_sync(self._teardown)
+
+    def _teardown(self) -> None:
         for name in list(self.running):
             self.unwire(name)
         bridges, self.bridges = sorted(self.bridges), set()
         for bridge in bridges:
             with contextlib.suppress(OSError):
                 netlink.delete_link(bridge)
-        for key in list(self.sockets):
-            self._close_port(key)
 
     def forget(self, name: str) -> None:
         """A container removed from the config: release its addresses."""

@@ -124,7 +124,7 @@ class Supervisor:
         """Stop every container, dependents before their dependencies."""
         self.shutting_down = True
         await self.stop(list(self.units), save_manual=False, timeout=timeout)
-        await anyio.to_thread.run_sync(self.network.close)
+        await self.network.close()
         log.info("all stopped")
 
     # ------------------------------------------------------------------ operations
