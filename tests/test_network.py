@@ -290,3 +290,37 @@ def test_a_taken_port_is_a_config_error(daemon: Daemon) -> None:
     finally:
         taken.close()
     assert not [link for link in host_links() if f"nsv-{lab}" == link]
+
+
+def test_networks_survive_a_daemon_crash(daemon: Daemon) -> None:
+    lab, base = subnet()
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    daemon.write_config(
+        f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{base}.0/24"\n\n'
+        '[containers.{p}-web]\n'
+        'command = ["/usr/bin/python3", "-m", "http.server", "8080"]\nstartsecs = 0\n'
+        f'networks = ["{lab}"]\nports = ["127.0.0.1:{port}:8080/tcp"]\n')
+    daemon.start()
+    pid = daemon.wait_state("web", "RUNNING")["pid"]
+    addr = address(daemon, "web", lab)
+    daemon.crash()
+    assert icmp_ping(addr)  # the network outlives the daemon
+    daemon.start()
+    wait_for(lambda: daemon.events("re-adopted", "web"), 10, "re-adoption")
+    assert address(daemon, "web", lab) == addr  # IPAM kept it
+    url = f"http://127.0.0.1:{port}/"
+    assert wait_for(lambda: _status(url), 10, "the port proxy after a restart") == 200
+    host_end = next(link for link in host_links() if _master_is(link, f"nsv-{lab}"))
+    subprocess.run(["ip", "link", "del", host_end], check=True)
+    wait_for(lambda: host_end in host_links(), 2, "the repair of a re-adopted link")
+    assert daemon.state("web")["pid"] == pid
+
+
+def _status(url: str) -> int | None:
+    try:
+        return urllib.request.urlopen(url, timeout=3).status
+    except OSError:
+        return None

@@ -184,6 +184,30 @@ class NetworkManager:
             self.running[cfg.name] = (pid, links)
         return links
 
+    def adopt(self, cfg: ContainerConfig, pid: int) -> list[Link]:
+        """A running container re-adopted after a daemon restart: its links are as
+        wire() made them (same names, addresses, routes); watch and serve them again."""
+        links: list[Link] = []
+        gateway_given = False
+        parked_now = set(_host_links())
+        for i, att in enumerate(cfg.networks):
+            net = self.networks[att.network]
+            cidr = f"{self.address(cfg.name, att.network)}/{net.network.prefixlen}"
+            if net.driver == "bridge":
+                gateway = None if gateway_given else str(next(net.network.hosts()))
+                gateway_given = True
+                self.bridges.add(self.bridge_name(net))
+                links.append(Link(att.network, f"eth{i}", cidr,
+                                  netlink.veth_name(cfg.name, att.network),
+                                  self.bridge_name(net), gateway))
+            else:
+                parked = netlink.veth_name("parked", att.network)
+                links.append(Link(att.network, f"eth{i}", cidr,
+                                  parked if parked in parked_now else None, None, None))
+        with self._pair_lock:
+            self.running[cfg.name] = (pid, links)
+        return links
+
     def _wire_pair(self, cfg: ContainerConfig, pid: int, network: str, ifname: str,
                    cidr: str) -> Link:
         """The point-to-point network: straight to the peer if it runs, else the far end
@@ -396,6 +420,10 @@ async def _pump(src: SocketStream, dst: SocketStream, tg: TaskGroup) -> None:
             await dst.send_eof()
     except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
         tg.cancel_scope.cancel()
+
+
+def _host_links() -> list[str]:
+    return sorted(os.listdir("/sys/class/net"))
 
 
 def replace_link(link: Link, host_ifname: str | None) -> Link:

@@ -528,6 +528,9 @@ class Supervisor:
             unit.pid_start = pid_start
             if self.cgroups is not None:
                 unit.cgroup = self.cgroups.open(cfg.name)
+            if "net" in cfg.namespaces:
+                unit.links = {link.ifname: True
+                              for link in self.network.adopt(cfg, pid)}
             log.info("re-adopted", container=cfg.name, pid=pid,
                      state=unit.policy.state.name, restarts=unit.policy.restarts)
             self._task(self._watch, unit, unit.container)
