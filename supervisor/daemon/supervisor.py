@@ -37,7 +37,8 @@ from .store import StateStore, process_start_time
 
 log = structlog.get_logger("nsvisord")
 HISTORY = 10  # exits remembered per container (inspect's restart history)
-OOM_KILLED = "OOMKilled"  # the exit reason of a container the OOM killer ended
+OOM_KILLED = "OOMKilled"
+START_DURATIONS_KEPT = 4096  # the exit reason of a container the OOM killer ended
 
 
 class ExecRefused(Exception):
@@ -101,7 +102,9 @@ class Supervisor:
         self.netlink_resyncs = 0  # full link dumps after a netlink buffer overflow
         self.network = NetworkManager(config.supervisor.state_dir, self._link_event)
         self.network.configure(config.networks, config.containers)  # ConfigError: port taken
-        self.start_durations: list[float] = []  # launch latencies not yet observed
+        # Launch latencies not yet observed by a scrape; bounded, so a daemon nobody
+        # scrapes does not grow (a scrape more than 4096 starts late loses the oldest).
+        self.start_durations: list[float] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -393,6 +396,7 @@ class Supervisor:
         unit.links = {link.ifname: True for link in self.network.running.get(unit.name,
                                                                               (0, []))[1]}
         self.start_durations.append(time.perf_counter() - started)
+        del self.start_durations[:-START_DURATIONS_KEPT]
         unit.pid_start = process_start_time(container.pid)
         log.info("spawned", container=unit.name, pid=container.pid)
         self.events.publish("spawned", container=unit.name, pid=container.pid)
