@@ -50,7 +50,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..linux.cgroups import Cgroup, CgroupError, CgroupStats
-from ..linux.netlink import LinkCounters, NetlinkError, link_stats
+from ..linux.netstats import LinkCounters, link_stats
 from ..model.states import State
 from .http import HTTPError, read_request, response
 
@@ -147,7 +147,7 @@ def read_unit(unit: UnitView) -> Reading:
             stats = unit.cgroup.stats()
     links = None
     if unit.pid is not None and unit.own_netns:
-        with contextlib.suppress(OSError, NetlinkError, ValueError):
+        with contextlib.suppress(OSError, ValueError):
             links = link_stats(unit.pid)
     return Reading(stats, links)
 

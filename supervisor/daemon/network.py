@@ -16,20 +16,29 @@ import socket
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
 from anyio.abc import SocketListener, SocketStream, TaskGroup
 
-from ..linux import netlink
-from ..linux.netwatch import LinkEvent, LinkWatcher, Resync, dump_links
 from ..model.config import ContainerConfig
 from ..model.ipam import Ipam
 from ..model.networks import NetworkConfig, PortConfig, default_bridge_name
 from ..model.units import ConfigError
 
+if TYPE_CHECKING:
+    from ..linux.netwatch import LinkEvent
+
 log = structlog.get_logger("nsvisord.net")
+
+
+def _nl() -> Any:
+    """The netlink layer. pyroute2 costs ~20 MiB resident: it is loaded only once a
+    config has networks."""
+    from ..linux import netlink
+
+    return netlink
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,7 @@ class NetworkManager:
         # wired at the same time (each would take the other's parked end).
         self._pair_lock = threading.Lock()
         self.closing = False
+        self._networks_wanted = anyio.Event()  # the watcher starts with the first network
         self._tg: TaskGroup | None = None
         self._saved = self._load()  # allocations of the previous daemon, until configure()
 
@@ -92,6 +102,8 @@ class NetworkManager:
             self.ipam[name] = ipam
         self.networks = dict(networks)
         self.members = dict(containers)
+        if networks:
+            self._networks_wanted.set()
         self._saved = {}
         self._save()
 
@@ -155,8 +167,6 @@ class NetworkManager:
         links: list[Link] = []
         gateway_given = False
         try:
-            if not cfg.networks:
-                netlink.loopback_up(pid)
             for i, att in enumerate(cfg.networks):
                 net = self.networks[att.network]
                 addr = self.address(cfg.name, att.network)
@@ -166,7 +176,7 @@ class NetworkManager:
                     gateway = None if gateway_given else str(next(net.network.hosts()))
                     gateway_given = True
                     link = Link(att.network, ifname, cidr,
-                                netlink.veth_name(cfg.name, att.network), self.bridge_name(net),
+                                _nl().veth_name(cfg.name, att.network), self.bridge_name(net),
                                 gateway)
                     self._ensure_bridge(net)
                     self._attach(pid, link)
@@ -178,7 +188,7 @@ class NetworkManager:
             for link in links:
                 if link.host_ifname:
                     with contextlib.suppress(OSError):
-                        netlink.detach(link.host_ifname)
+                        _nl().detach(link.host_ifname)
             raise
         with self._pair_lock:
             self.running[cfg.name] = (pid, links)
@@ -198,10 +208,10 @@ class NetworkManager:
                 gateway_given = True
                 self.bridges.add(self.bridge_name(net))
                 links.append(Link(att.network, f"eth{i}", cidr,
-                                  netlink.veth_name(cfg.name, att.network),
+                                  _nl().veth_name(cfg.name, att.network),
                                   self.bridge_name(net), gateway))
             else:
-                parked = netlink.veth_name("parked", att.network)
+                parked = _nl().veth_name("parked", att.network)
                 links.append(Link(att.network, f"eth{i}", cidr,
                                   parked if parked in parked_now else None, None, None))
         with self._pair_lock:
@@ -214,7 +224,7 @@ class NetworkManager:
         waits on the host (down) until the peer comes."""
         peer = next((n for n, c in self.members.items() if n != cfg.name and
                      any(a.network == network for a in c.networks)), None)
-        parked = netlink.veth_name("parked", network)
+        parked = _nl().veth_name("parked", network)
         if peer is not None and peer in self.running:
             peer_pid, peer_links = self.running[peer]
             peer_link = next(lk for lk in peer_links if lk.network == network)
@@ -222,23 +232,28 @@ class NetworkManager:
             # mark it first, so the watcher does not "repair" it, then make a fresh pair.
             self.running[peer] = (peer_pid, [replace_link(lk, None) if lk.network == network
                                              else lk for lk in peer_links])
-            netlink.detach(parked)
-            netlink.connect_pair(pid, ifname, cidr, peer_pid, peer_link.ifname, peer_link.cidr)
+            _nl().detach(parked)
+            _nl().connect_pair(pid, ifname, cidr, peer_pid, peer_link.ifname, peer_link.cidr)
             return Link(network, ifname, cidr, None, None, None)
-        netlink.detach(parked)
+        _nl().detach(parked)
         link = Link(network, ifname, cidr, parked, None, None)
         self._attach(pid, link)
         return link
 
-    def _ensure_bridge(self, net: NetworkConfig) -> None:
+    def _ensure_bridge(self, net: NetworkConfig, *, check: bool = False) -> None:
+        """Create the bridge once; after that only a repair (``check``) looks again, so a
+        container start does not pay three netlink round trips for it."""
+        name = self.bridge_name(net)
+        if name in self.bridges and not check:
+            return
         gateway = next(net.network.hosts())
-        netlink.ensure_bridge(self.bridge_name(net), f"{gateway}/{net.network.prefixlen}")
-        self.bridges.add(self.bridge_name(net))
+        _nl().ensure_bridge(name, f"{gateway}/{net.network.prefixlen}")
+        self.bridges.add(name)
 
     @staticmethod
     def _attach(pid: int, link: Link) -> None:
         assert link.host_ifname is not None
-        netlink.attach_container(pid, link.host_ifname, link.ifname, link.cidr,
+        _nl().attach_container(pid, link.host_ifname, link.ifname, link.cidr,
                                  bridge=link.bridge, gateway=link.gateway)
 
     def unwire(self, name: str) -> None:
@@ -248,7 +263,7 @@ class NetworkManager:
         for link in links:
             if link.host_ifname:
                 with contextlib.suppress(OSError):
-                    netlink.detach(link.host_ifname)
+                    _nl().detach(link.host_ifname)
 
     async def close(self) -> None:
         """Shutdown: stop publishing ports and remove the links and bridges we made."""
@@ -261,9 +276,9 @@ class NetworkManager:
         for name in list(self.running):
             self.unwire(name)
         bridges, self.bridges = sorted(self.bridges), set()
-        for bridge in bridges:
+        for bridge in bridges:  # (no bridges: no netlink needed)
             with contextlib.suppress(OSError):
-                netlink.delete_link(bridge)
+                _nl().delete_link(bridge)
 
     def forget(self, name: str) -> None:
         """A container removed from the config: release its addresses."""
@@ -275,12 +290,15 @@ class NetworkManager:
     # ------------------------------------------------------------------ watching and repair
 
     async def run(self, tg: TaskGroup, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        """The netlink watcher; also serves the published ports."""
+        """Serves the published ports; runs the netlink watcher once there are networks."""
         self._tg = tg
         for key in list(self.sockets):
             tg.start_soon(self._serve_port, key)
+        task_status.started()
+        await self._networks_wanted.wait()
+        from ..linux.netwatch import LinkWatcher, Resync
+
         async with LinkWatcher() as watcher:
-            task_status.started()
             async for event in watcher:
                 if isinstance(event, Resync):
                     self._on_event("resync", reason=event.reason)
@@ -302,19 +320,18 @@ class NetworkManager:
                 if event.kind == "del":
                     self._on_event("link_deleted", container=name, interface=event.ifname)
                     await anyio.to_thread.run_sync(self._repair_link, name, pid, link)
-                elif not event.up:
+                elif not event.up and await anyio.to_thread.run_sync(self._set_up, link):
                     self._on_event("link_down", container=name, interface=event.ifname)
-                    await anyio.to_thread.run_sync(self._set_up, link)
 
     def _repair_link(self, name: str, pid: int, link: Link) -> None:
         if self.running.get(name, (0,))[0] != pid or not os.path.exists(f"/proc/{pid}/ns/net"):
             return  # the container is gone: nothing to repair
         try:
             if link.bridge:
-                self._ensure_bridge(self.networks[link.network])
+                self._ensure_bridge(self.networks[link.network], check=True)
             # The pair died with its host end: recreate it with the same names, address
             # and route. The container's end may survive a half-done change: drop it.
-            with netlink.Rtnl(pid) as rt, contextlib.suppress(OSError):
+            with _nl().Rtnl(pid) as rt, contextlib.suppress(OSError):
                 rt.del_link(name=link.ifname)
             self._attach(pid, link)
         except OSError as e:
@@ -323,17 +340,25 @@ class NetworkManager:
             return
         self._on_event("repaired", container=name, interface=link.host_ifname)
 
-    def _set_up(self, link: Link) -> None:
-        with contextlib.suppress(OSError), netlink.Rtnl() as rt:
-            rt.set_link(name=link.host_ifname, up=True)
+    def _set_up(self, link: Link) -> bool:
+        """Set a link that went down up again; False when it is gone (a deletion sends
+        a "down" first: the "del" that follows is the real event)."""
+        try:
+            with _nl().Rtnl() as rt:
+                if rt.ifindex(link.host_ifname) is None:
+                    return False
+                rt.set_link(name=link.host_ifname, up=True)
+        except OSError:
+            return False
+        return True
 
     def _repair_bridge(self, bridge: str) -> None:
         net = next((n for n in self.networks.values()
                     if n.driver == "bridge" and self.bridge_name(n) == bridge), None)
         if net is None:
             return
-        self._ensure_bridge(net)
-        with netlink.Rtnl() as rt:
+        self._ensure_bridge(net, check=True)
+        with _nl().Rtnl() as rt:
             index = rt.ifindex(bridge)
             for _, links in self.running.values():
                 for link in links:
@@ -345,6 +370,8 @@ class NetworkManager:
     async def _resync(self) -> None:
         if self.closing:
             return
+        from ..linux.netwatch import dump_links
+
         links_now = await dump_links()
         for name, (pid, links) in list(self.running.items()):
             for link in links:

@@ -420,8 +420,9 @@ class Supervisor:
         # lost and nothing blocks while the daemon is down or restarting.
         extra["log"] = LogSpec(self.config.supervisor.log_dir, max_bytes=cfg.log.max_bytes,
                                backups=cfg.log.backups, merge=cfg.log.merge)
-        # With a network namespace, the init waits before exec while its links are made.
-        hold = "net" in cfg.namespaces
+        # With networks, the init waits before exec while its links are made (lo alone
+        # the runtime brings up itself).
+        hold = bool(cfg.networks)
         extra["hold"] = hold
         extra["extra_hosts"] = self.network.extra_hosts(cfg.name)
         container = None
@@ -532,7 +533,7 @@ class Supervisor:
             unit.pid_start = pid_start
             if self.cgroups is not None:
                 unit.cgroup = self.cgroups.open(cfg.name)
-            if "net" in cfg.namespaces:
+            if cfg.networks:
                 unit.links = {link.ifname: True
                               for link in self.network.adopt(cfg, pid)}
             log.info("re-adopted", container=cfg.name, pid=pid,

@@ -9,7 +9,9 @@ It uses ``_signal``, not ``signal`` (which imports enum), to keep the fork serve
 from __future__ import annotations
 
 import _signal
+import _socket
 import ctypes
+import fcntl  # imported here: after a pivot the host's library is out of reach
 import os
 import struct
 
@@ -184,6 +186,24 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
 def set_process_name(name: str) -> None:
     """Name the calling thread (``ps -o comm``), as runc names its helper stages."""
     prctl(PR_SET_NAME, ctypes.addressof(ctypes.create_string_buffer(name.encode()[:15])))
+
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+_IFREQ = struct.Struct("16sh22x")  # struct ifreq: name, then ifr_flags in the union
+
+
+def interface_up(name: str = "lo") -> None:
+    """Set a network interface up in the caller's network namespace (an ioctl: no
+    netlink library needed, so the container side stays small)."""
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        raw = fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, _IFREQ.pack(name.encode(), 0))
+        flags = _IFREQ.unpack(raw)[1]
+        fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS, _IFREQ.pack(name.encode(), flags | _IFF_UP))
+    finally:
+        sock.close()
 
 
 def sethostname(name: str) -> None:

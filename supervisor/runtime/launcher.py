@@ -166,6 +166,9 @@ def _setup(spec, fds: dict[str, int], stdio: tuple[int, int, int], to_init: int)
                 libc.sethostname(spec.effective_hostname)
                 if spec.domainname:
                     libc.setdomainname(spec.domainname)
+        if "net" in spec.namespaces:
+            with step("set lo up"):
+                libc.interface_up("lo")
         if spec.hold:
             send(report, created=True)
             if b'"go"' not in os.read(report, 65536):
