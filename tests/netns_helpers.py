@@ -197,7 +197,10 @@ def icmp_echo(pid: int, dst: str, timeout: float = 1.0) -> bool:
         csum = _checksum(header + payload)
         packet = header[:2] + csum.to_bytes(2, "big") + header[4:] + payload
         s.settimeout(timeout)
-        s.sendto(packet, (dst, 0))
+        try:
+            s.sendto(packet, (dst, 0))
+        except OSError:  # no route (yet): an interface being (re)made
+            return False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             s.settimeout(max(0.01, deadline - time.monotonic()))

@@ -186,7 +186,10 @@ class SupervisorCollector(Collector):
                 rootfs=cfg.rootfs, restart_policy=cfg.restart, group=cfg.group or unit.name,
                 pid=container.pid if container is not None else None,
                 started_at=container.started_at if container is not None else None,
-                own_netns="net" in cfg.namespaces, cgroup=unit.cgroup,
+                # The cgroup outlives a run (it is reused by the next): only a running
+                # container has resource usage to report.
+                own_netns="net" in cfg.namespaces,
+                cgroup=unit.cgroup if container is not None else None,
                 oom_kills=unit.oom_kills, links=tuple(unit.links.items())))
         return Snapshot(
             units=tuple(units), reaped=sup.reaper.reaped_total,

@@ -56,6 +56,7 @@ class Unit:
     pid_start: int | None = None  # start time of the init, to recognise it after a restart
     history: list[dict[str, Any]] = field(default_factory=list)  # last exits, newest last
     oom_kills: int = 0  # exits the kernel's OOM killer caused
+    oom_baseline: int = 0  # the cgroup's OOM count when the current run started
     links: dict[str, bool] = field(default_factory=dict)  # container ifname -> up (networks)
     timer: anyio.CancelScope | None = None
     changed: anyio.Event = field(default_factory=anyio.Event)
@@ -128,6 +129,7 @@ class Supervisor:
         self.shutting_down = True
         await self.stop(list(self.units), save_manual=False, timeout=timeout)
         await self.network.close()
+        await anyio.to_thread.run_sync(self._destroy_cgroups, list(self.units.values()))
         log.info("all stopped")
 
     # ------------------------------------------------------------------ operations
@@ -387,7 +389,7 @@ class Supervisor:
             return
         started = time.perf_counter()
         try:
-            container, cgroup = await anyio.to_thread.run_sync(self._launch, unit.cfg)
+            container, cgroup = await anyio.to_thread.run_sync(self._launch, unit)
         except (LaunchError, SpecError, CgroupError, OSError) as e:
             log.warning("spawn failed", container=unit.name, error=str(e))
             self._apply(unit, unit.policy.spawn_failed(self.clock(), str(e)))
@@ -403,15 +405,23 @@ class Supervisor:
         self._apply(unit, unit.policy.spawned(self.clock()))
         self._task(self._watch, unit, container)
 
-    def _launch(self, cfg: ContainerConfig) -> tuple[Container, Cgroup | None]:
-        """In a worker thread: cgroup, log files, runtime start."""
-        cgroup = None
+    def _launch(self, unit: Unit) -> tuple[Container, Cgroup | None]:
+        """In a worker thread: cgroup, runtime start, networks."""
+        cfg = unit.cfg
+        cgroup = unit.cgroup
         extra: dict[str, Any] = {}
         limits = Limits(memory_bytes=cfg.limits.memory, cpus=cfg.limits.cpus,
                         pids=cfg.limits.pids)
         if self.cgroups is not None:
-            self._remove_cgroup(cfg.name)  # a leftover (daemon crash mid-start) dies here
-            cgroup = self.cgroups.create(cfg.name, limits)
+            # The cgroup of the previous run is reused (it is empty: its processes died
+            # with the init); anything else by that name is a leftover and dies here.
+            if cgroup is None or cgroup.pids():
+                if cgroup is not None:
+                    self._destroy_cgroup(cgroup)
+                self._remove_cgroup(cfg.name)
+                cgroup = self.cgroups.create(cfg.name, limits)
+            unit.cgroup = cgroup
+            unit.oom_baseline = cgroup.oom_kills() or 0
             extra["cgroup_procs"] = tuple(cgroup.procs_files())
         elif limits != Limits():
             raise CgroupError(f"{cfg.name}: limits need cgroups, and this host has none "
@@ -441,6 +451,7 @@ class Supervisor:
                 container.close()
             self.network.unwire(cfg.name)
             if cgroup is not None:
+                unit.cgroup = None
                 self._destroy_cgroup(cgroup)
             raise
         return container, cgroup
@@ -454,7 +465,7 @@ class Supervisor:
             status = container.poll()
             if status is None:  # readable but not yet reaped: SIGCHLD is on its way
                 await anyio.sleep(0.001)
-        oom = unit.cgroup is not None and unit.cgroup.oom_killed_since(0)
+        oom = unit.cgroup is not None and unit.cgroup.oom_killed_since(unit.oom_baseline)
         reason = OOM_KILLED if oom else status.describe()
         if oom:
             unit.oom_kills += 1
@@ -471,8 +482,8 @@ class Supervisor:
             unit.container = None
             unit.pid_start = None
         if unit.cgroup is not None:
-            cgroup, unit.cgroup = unit.cgroup, None
-            await anyio.to_thread.run_sync(self._destroy_cgroup, cgroup)
+            # Kept for the next run; emptied now of whatever escaped the init.
+            await anyio.to_thread.run_sync(unit.cgroup.kill_all)
 
     def _kill(self, unit: Unit, sig: int) -> None:
         container = unit.container
@@ -575,6 +586,8 @@ class Supervisor:
         unit = self.units.pop(name, None)
         if unit is not None and unit.timer is not None:
             unit.timer.cancel()
+        if unit is not None:
+            await anyio.to_thread.run_sync(self._destroy_cgroups, [unit])
         self.store.remove(name)
         if not keep_ids:
             self.runtime.ids.release(name)
@@ -673,6 +686,12 @@ class Supervisor:
         cgroup = self.cgroups.open(name)
         if cgroup is not None:
             self._destroy_cgroup(cgroup)
+
+    def _destroy_cgroups(self, units: list[Unit]) -> None:
+        for unit in units:
+            if unit.cgroup is not None and unit.container is None:
+                cgroup, unit.cgroup = unit.cgroup, None
+                self._destroy_cgroup(cgroup)
 
     @staticmethod
     def _destroy_cgroup(cgroup: Cgroup) -> None:
