@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import signal
 import subprocess
@@ -300,3 +301,37 @@ def test_output_flows_while_the_daemon_is_down(daemon: Daemon) -> None:
     daemon.start()
     exited = wait_for(lambda: daemon.events("exited while nsvisord was down", "steady"), 10)
     assert exited[0]["status"] == "exit status 0"  # no SIGPIPE, no error
+
+
+def test_a_stale_state_dir_is_not_trusted(daemon: Daemon) -> None:
+    """State files naming pids that now belong to another process, or to nobody, or that
+    make no sense: nothing is adopted, nothing foreign is touched, all start afresh."""
+    daemon.write_config(
+        '[containers.{p}-reused]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n\n'
+        '[containers.{p}-gone]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n\n'
+        '[containers.{p}-garbled]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n')
+    daemon.start()
+    old = {n: daemon.wait_state(n, "RUNNING")["pid"] for n in ("reused", "gone", "garbled")}
+    daemon.crash()
+    for pid in old.values():  # the containers die while no daemon watches
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not any(alive(p) for p in old.values()), 10)
+    stranger = subprocess.Popen(["/bin/sleep", "60"])
+    try:
+        states = daemon.state_dir / "containers"
+        reused = json.loads((states / f"{daemon.name('reused')}.json").read_text())
+        reused["pid"] = stranger.pid  # as if the kernel had given its pid to another process
+        (states / f"{daemon.name('reused')}.json").write_text(json.dumps(reused))
+        garbled = json.loads((states / f"{daemon.name('garbled')}.json").read_text())
+        garbled["policy"] = {"version": 1, "state": "RUNNING", "process_alive": True}
+        (states / f"{daemon.name('garbled')}.json").write_text(json.dumps(garbled))
+        daemon.start()
+        for name in ("reused", "gone", "garbled"):
+            fresh = wait_for(lambda n=name: (s := daemon.state(n)).get("state") == "RUNNING"
+                             and s.get("pid") not in (stranger.pid, old[n]) and s, 15, name)
+            assert fresh["pid"]
+        assert stranger.poll() is None, "the daemon touched a process that is not its own"
+        assert not daemon.events("re-adopted")
+    finally:
+        stranger.kill()
+        stranger.wait(10)

@@ -331,3 +331,20 @@ def _status(url: str) -> int | None:
         return urllib.request.urlopen(url, timeout=3).status
     except OSError:
         return None
+
+
+def test_a_deleted_bridge_is_recreated_and_its_containers_reattached(daemon: Daemon) -> None:
+    lab, base = subnet()
+    daemon.write_config(
+        f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{base}.0/24"\n\n'
+        '[containers.{p}-x]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+        f'networks = ["{lab}"]\n')
+    daemon.start()
+    pid = daemon.wait_state("x", "RUNNING")["pid"]
+    addr = address(daemon, "x", lab)
+    assert icmp_ping(addr)
+    subprocess.run(["ip", "link", "del", f"nsv-{lab}"], check=True)
+    wait_for(lambda: f"nsv-{lab}" in host_links(), 2, "the bridge back")
+    assert wait_for(lambda: icmp_ping(addr, 0.5), 5, "the container reachable again")
+    assert daemon.state("x")["pid"] == pid
+    assert "bridge_deleted" in [e["kind"] for e in daemon.events("link")]

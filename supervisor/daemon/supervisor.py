@@ -554,14 +554,19 @@ class Supervisor:
                 self._arm(unit, unit.policy.wake_at)
             return
         actions: list[Any] = []
-        if unit.policy.spawn_pending:
-            actions = unit.policy.spawn_failed(now, "nsvisord died while starting it")
-        elif unit.policy.process_alive:
-            status = read_exit_file(self.store.exit_file(cfg.name)) or ExitStatus(255)
-            log.info("exited while nsvisord was down", container=cfg.name, pid=pid,
-                     status=status.describe())
-            self._record_exit(unit, status, pid)
-            actions = unit.policy.exited(now, status.exit_code, status.describe())
+        try:
+            if unit.policy.spawn_pending:
+                actions = unit.policy.spawn_failed(now, "nsvisord died while starting it")
+            elif unit.policy.process_alive:
+                status = read_exit_file(self.store.exit_file(cfg.name)) or ExitStatus(255)
+                log.info("exited while nsvisord was down", container=cfg.name, pid=pid,
+                         status=status.describe())
+                self._record_exit(unit, status, pid)
+                actions = unit.policy.exited(now, status.exit_code, status.describe())
+        except Exception as e:  # noqa: BLE001 - a snapshot we cannot follow is not trusted
+            log.warning("state inconsistent; starting afresh", container=cfg.name,
+                        error=repr(e))
+            unit.policy, actions = ContainerPolicy.from_config(cfg), []
         if self.cgroups is not None:
             self._remove_cgroup(cfg.name)
         self._apply(unit, actions)
