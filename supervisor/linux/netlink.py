@@ -542,7 +542,10 @@ def attach_container(
                 attrs["mtu"] = mtu
                 peer.append(("IFLA_MTU", mtu))
             try:
-                host.add_link(host_ifname, "veth", up=True, **attrs,
+                # The host end comes up last, once the container's end has its address:
+                # an ARP request sent into a half-made link would go unanswered and the
+                # kernel retries only a second later.
+                host.add_link(host_ifname, "veth", up=False, **attrs,
                               info_data=[("VETH_INFO_PEER", {"attrs": peer})])
             except OSError as exc:
                 if exc.errno == errno.EEXIST:
@@ -556,6 +559,8 @@ def attach_container(
                         raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
                 with Rtnl(pid) as inside:
                     _configure_inside(inside, pid, container_ifname, iface, gw)
+                with _step(f"{what}: setting {host_ifname} up"):
+                    host.set_link(index, up=True)
             except BaseException:
                 with contextlib.suppress(OSError):
                     host.del_link(name=host_ifname)
