@@ -41,6 +41,13 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
         d.cleanup()
 
 
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def host_links() -> list[str]:
     out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)
     return sorted(line.split(": ")[1].split("@")[0] for line in out.stdout.splitlines())
@@ -175,10 +182,7 @@ def test_a_container_without_networks_has_only_loopback_up(daemon: Daemon) -> No
 
 def test_published_port_serves_from_the_host_and_follows_a_restart(daemon: Daemon) -> None:
     lab, base = subnet()
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     daemon.write_config(
         f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{base}.0/24"\n\n'
         '[containers.{p}-web]\n'
@@ -301,10 +305,7 @@ def test_a_taken_port_is_a_config_error(daemon: Daemon) -> None:
 
 def test_networks_survive_a_daemon_crash(daemon: Daemon) -> None:
     lab, base = subnet()
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     daemon.write_config(
         f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{base}.0/24"\n\n'
         '[containers.{p}-web]\n'
