@@ -28,7 +28,12 @@ class StateStore:
     def save(self, name: str, data: dict[str, Any]) -> None:
         final = self.path(name)
         tmp = final + ".tmp"
-        with open(tmp, "w") as f:
+        try:
+            f = open(tmp, "w")  # noqa: SIM115
+        except FileNotFoundError:  # someone removed the state dir: make it again
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            f = open(tmp, "w")  # noqa: SIM115
+        with f:
             json.dump(data, f)
         os.replace(tmp, final)
 
