@@ -67,7 +67,7 @@ class NetworkManager:
         self._on_event = on_event  # (kind, **fields): counts, logs and publishes
         # Wiring runs in worker threads; the two ends of a veth network must not be
         # wired at the same time (each would take the other's parked end).
-        self._pair_lock = threading.Lock()
+        self._pair_lock = threading.RLock()
         self.closing = False
         self._networks_wanted = anyio.Event()  # the watcher starts with the first network
         self._tg: TaskGroup | None = None
@@ -164,6 +164,15 @@ class NetworkManager:
 
     def wire(self, cfg: ContainerConfig, pid: int) -> list[Link]:
         """Blocking (a worker thread): give the held container its interfaces."""
+        pairs = any(self.networks[a.network].driver == "veth" for a in cfg.networks)
+        # Both ends of a veth network must see each other's state whole: from the first
+        # netlink call to the registration in self.running, one container at a time.
+        with self._pair_lock if pairs else contextlib.nullcontext():
+            links = self._wire(cfg, pid)
+            self.running[cfg.name] = (pid, links)
+        return links
+
+    def _wire(self, cfg: ContainerConfig, pid: int) -> list[Link]:
         links: list[Link] = []
         gateway_given = False
         try:
@@ -181,8 +190,7 @@ class NetworkManager:
                     self._ensure_bridge(net)
                     self._attach(pid, link)
                 else:
-                    with self._pair_lock:
-                        link = self._wire_pair(cfg, pid, att.network, ifname, cidr)
+                    link = self._wire_pair(cfg, pid, att.network, ifname, cidr)
                 links.append(link)
         except BaseException:
             for link in links:
@@ -190,8 +198,6 @@ class NetworkManager:
                     with contextlib.suppress(OSError):
                         _nl().detach(link.host_ifname)
             raise
-        with self._pair_lock:
-            self.running[cfg.name] = (pid, links)
         return links
 
     def adopt(self, cfg: ContainerConfig, pid: int) -> list[Link]:
