@@ -16,7 +16,6 @@ from ..runtime import Runtime
 from ..runtime.reaper import DEFAULT_REAPER, Reaper
 from . import logs
 from .api import ApiServer
-from .metrics import MetricsServer
 from .signals import SignalReader
 from .supervisor import Supervisor
 
@@ -89,6 +88,8 @@ async def _serve(config, runtime: Runtime, reaper: Reaper, cgroups: CgroupManage
     async with anyio.create_task_group() as tg:
         await tg.start(api.serve, config.supervisor.socket, config.supervisor.socket_group)
         if config.supervisor.metrics_listen:
+            from .metrics import MetricsServer  # prometheus-client only when it is used
+
             await tg.start(MetricsServer(supervisor).serve, config.supervisor.metrics_listen)
         await supervisor.run(tg)
         tg.start_soon(_handle_signals, signals, supervisor, reaper)

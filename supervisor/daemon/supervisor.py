@@ -481,8 +481,9 @@ class Supervisor:
         if unit.container is container:
             unit.container = None
             unit.pid_start = None
-        if unit.cgroup is not None:
-            # Kept for the next run; emptied now of whatever escaped the init.
+        if unit.cgroup is not None and "pid" not in unit.cfg.namespaces:
+            # Kept for the next run. With a PID namespace everything in it died with the
+            # init; without one, whatever left the workload's session is killed now.
             await anyio.to_thread.run_sync(unit.cgroup.kill_all)
 
     def _kill(self, unit: Unit, sig: int) -> None:
