@@ -281,35 +281,33 @@ class Rtnl:
                     replies.append(data[offset:offset + length])
                 offset += (length + 3) & ~3
 
+    def _link_reply(self, name: str) -> bytes | None:
+        """The raw RTM_NEWLINK answer for ``name``, or None if there is no such link."""
+        msg = ifinfmsg()
+        msg["attrs"] = [("IFLA_IFNAME", name)]
+        try:
+            replies = self.request(msg, RTM_GETLINK)
+        except OSError as exc:
+            if exc.errno == errno.ENODEV:
+                return None
+            raise
+        return replies[0] if replies else None
+
     def ifindex(self, name: str) -> int | None:
         """The index of ``name`` in this socket's namespace (None if there is none).
 
         Only the fixed header of the reply is read: pyroute2 would decode every attribute
         and statistic, which costs about half a millisecond.
         """
-        msg = ifinfmsg()
-        msg["attrs"] = [("IFLA_IFNAME", name)]
-        try:
-            replies = self.request(msg, RTM_GETLINK)
-        except OSError as exc:
-            if exc.errno == errno.ENODEV:
-                return None
-            raise
-        return struct.unpack_from("=i", replies[0], 20)[0] if replies else None
+        reply = self._link_reply(name)
+        return struct.unpack_from("=i", reply, 20)[0] if reply else None
 
     def get_link(self, name: str) -> ifinfmsg | None:
         """The decoded RTM_NEWLINK for ``name`` (attributes by pyroute2 name), or None."""
-        msg = ifinfmsg()
-        msg["attrs"] = [("IFLA_IFNAME", name)]
-        try:
-            replies = self.request(msg, RTM_GETLINK)
-        except OSError as exc:
-            if exc.errno == errno.ENODEV:
-                return None
-            raise
-        if not replies:
+        reply = self._link_reply(name)
+        if reply is None:
             return None
-        link = ifinfmsg(replies[0])
+        link = ifinfmsg(reply)
         link.decode()
         return link
 
