@@ -129,12 +129,9 @@ def runner(runtime: Runtime, unique: callable) -> Iterator[Runner]:
         r.cleanup()
 
 
-def host_state() -> dict[str, object]:
-    """What a failed or finished launch must leave exactly as it was."""
-    with open("/proc/self/mountinfo") as f:
-        mounts = sorted(line.split(" ", 4)[4] for line in f)
-    children, zombies = [], []
-    me = str(os.getpid())
+def process_table() -> list[tuple[int, str, int]]:
+    """(pid, state, ppid) of every process now, from /proc."""
+    out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -143,9 +140,16 @@ def host_state() -> dict[str, object]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if fields[1] == me:
-            children.append(int(entry))
-        if fields[0] == "Z":
-            zombies.append(int(entry))
+        out.append((int(entry), fields[0], int(fields[1])))
+    return out
+
+
+def host_state() -> dict[str, object]:
+    """What a failed or finished launch must leave exactly as it was."""
+    with open("/proc/self/mountinfo") as f:
+        mounts = sorted(line.split(" ", 4)[4] for line in f)
+    table = process_table()
+    children = [pid for pid, _state, ppid in table if ppid == os.getpid()]
+    zombies = [pid for pid, state, _ppid in table if state == "Z"]
     return {"mounts": mounts, "children": sorted(children), "zombies": sorted(zombies),
             "netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []}

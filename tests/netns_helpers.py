@@ -227,19 +227,9 @@ def _checksum(data: bytes) -> int:
 
 
 def child_pids() -> list[int]:
-    me = str(os.getpid())
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == me:
-            out.append(int(entry))
-    return sorted(out)
+    from .conftest import process_table
+
+    return sorted(pid for pid, _state, ppid in process_table() if ppid == os.getpid())
 
 
 def run_netns_entries() -> list[str]:
