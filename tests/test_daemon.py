@@ -335,3 +335,22 @@ def test_a_stale_state_dir_is_not_trusted(daemon: Daemon) -> None:
     finally:
         stranger.kill()
         stranger.wait(10)
+
+
+def test_readopted_containers_keep_their_id_range(daemon: Daemon) -> None:
+    one = '[containers.{p}-a]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+    daemon.write_config(one)
+    daemon.start()
+    a = daemon.wait_state("a", "RUNNING")["pid"]
+    daemon.crash()
+    daemon.write_config(one + '\n[containers.{p}-b]\ncommand = ["/bin/sleep", "1000"]\n'
+                              'startsecs = 0\n')
+    daemon.start()
+    b = daemon.wait_state("b", "RUNNING")["pid"]
+    assert daemon.state("a")["pid"] == a
+
+    def outside(pid: int) -> int:
+        with open(f"/proc/{pid}/uid_map") as f:
+            return int(f.read().split()[1])
+
+    assert abs(outside(a) - outside(b)) >= 65536, "two containers share a uid range"

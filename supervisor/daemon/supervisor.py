@@ -543,6 +543,7 @@ class Supervisor:
                 unit.container = None
         if unit.container is not None:
             unit.pid_start = pid_start
+            self._claim_ids(cfg.name, pid)
             if self.cgroups is not None:
                 unit.cgroup = self.cgroups.open(cfg.name)
             if cfg.networks:
@@ -619,6 +620,17 @@ class Supervisor:
                                         "at": at}][-HISTORY:]
         self.events.publish("exited", container=unit.name, pid=pid,
                             exit_code=status.exit_code, reason=reason)
+
+    def _claim_ids(self, name: str, pid: int) -> None:
+        """A re-adopted container keeps its user-namespace id range: no other container
+        may be given it."""
+        try:
+            with open(f"/proc/{pid}/uid_map") as f:
+                first = f.readline().split()
+            self.runtime.ids.claim(name, int(first[1]))
+        except (OSError, IndexError, ValueError) as e:
+            log.warning("id range of a re-adopted container unknown", container=name,
+                        error=str(e))
 
     def _link_event(self, kind: str, **fields: Any) -> None:
         """A netlink event about one of our links (from the network manager)."""
