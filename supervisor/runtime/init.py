@@ -80,7 +80,7 @@ def _environment(spec) -> dict[str, str]:
 
 
 def exit_record(exit_code: int, signal: int | None, finished_at: float) -> bytes:
-    """The exit file's content, as ``ExitStatus.to_json`` writes it (plus a newline)."""
+    """The exit file's content: one JSON line, read back by ``status.parse_exit_record``."""
     sig = "null" if signal is None else str(signal)
     return (f'{{"exit_code": {exit_code}, "signal": {sig}, '
             f'"finished_at": {finished_at!r}}}\n').encode()

@@ -113,29 +113,11 @@ class ContainerSpec:
     def effective_hostname(self) -> str:
         return self.hostname or self.name
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
     def to_wire(self) -> dict:
         """What the container side reads: plain values, the hostname resolved."""
         data = dataclasses.asdict(self)
         data["effective_hostname"] = self.effective_hostname
         return data
-
-    @classmethod
-    def from_json(cls, data: dict) -> ContainerSpec:
-        data = dict(data)
-        data["mounts"] = tuple(Mount(**m) for m in data.get("mounts", ()))
-        for key in ("uid_map", "gid_map"):
-            if data.get(key) is not None:
-                data[key] = tuple(IdMapping(**m) for m in data[key])
-        data["rlimits"] = {k: tuple(v) for k, v in data.get("rlimits", {}).items()}
-        data["extra_hosts"] = tuple(tuple(h) for h in data.get("extra_hosts", ()))
-        for key in ("namespaces", "groups", "capabilities", "cgroup_procs"):
-            data[key] = tuple(data.get(key, ()))
-        if data.get("log") is not None:
-            data["log"] = LogSpec(**data["log"])
-        return cls(**data)
 
 
 def validate(spec: ContainerSpec) -> None:

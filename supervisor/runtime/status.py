@@ -37,15 +37,6 @@ class ExitStatus:
             return f"killed by {name}"
         return f"exit status {self.exit_code}"
 
-    def to_json(self) -> str:
-        return json.dumps({"exit_code": self.exit_code, "signal": self.signal,
-                           "finished_at": self.finished_at})
-
-
-def write_exit_file(fd: int, status: ExitStatus) -> None:
-    data = (status.to_json() + "\n").encode()
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, data, 0)
 
 
 def parse_exit_record(raw: bytes) -> ExitStatus | None:
