@@ -641,8 +641,7 @@ class Supervisor:
         if unit is not None and kind in ("link_down", "link_deleted", "repaired"):
             for ifname in unit.links:
                 unit.links[ifname] = kind == "repaired"
-        log.warning("link", kind=kind, **fields) if kind != "repaired" else \
-            log.info("link", kind=kind, **fields)
+        (log.info if kind == "repaired" else log.warning)("link", kind=kind, **fields)
         self.events.publish("link", kind=kind, **fields)
 
     # ------------------------------------------------------------------ helpers
