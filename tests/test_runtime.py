@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from supervisor.linux import caps
-from supervisor.runtime import ContainerSpec, LaunchError, Mount, SpecError
+from supervisor.linux.cgroups import detect
+from supervisor.runtime import ContainerSpec, LaunchError, Mount, Runtime, SpecError
 from supervisor.runtime.spec import MASKED_PATHS, NAMESPACES, NS_PROC_NAME
 
 from .conftest import Runner, host_state, read_until_eof
@@ -417,3 +420,90 @@ def test_reap_all_hands_statuses_to_waiting_containers(unique) -> None:
         finally:
             c.kill()
             c.close()
+
+
+# --- cgroups ---------------------------------------------------------------------------
+
+def _own_cgroups(pid: int | str) -> dict[str, str]:
+    """controllers -> cgroup path, from /proc/PID/cgroup."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        return {c: path for _n, c, path in (line.rstrip("\n").split(":", 2) for line in f)}
+
+
+def _only_child(pid: int, comm: str, timeout: float = 5.0) -> int:
+    """The one child of ``pid``, once it is ``comm`` (the setup process has gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(p) for p in f.read().split()]
+        if len(kids) == 1:
+            with open(f"/proc/{kids[0]}/comm") as f:
+                if f.read().strip() == comm:
+                    return kids[0]
+        assert time.monotonic() < deadline, f"children of {pid}: {kids}"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def v1_cgroups(unique: callable) -> Iterator[dict[str, str]]:
+    """A fresh cgroup in the v1 pids and memory hierarchies: controller -> directory."""
+    layout = detect()
+    if layout.version != 1 or not {"pids", "memory"} <= layout.controllers:
+        pytest.skip("needs cgroup v1 pids and memory hierarchies")
+    dirs = {c: os.path.join(layout.v1_mounts[c], unique("cg")) for c in ("pids", "memory")}
+    for d in dirs.values():
+        os.mkdir(d)
+    yield dirs
+    for d in dirs.values():
+        deadline = time.monotonic() + 10
+        while os.path.isdir(d):
+            with open(f"{d}/cgroup.procs") as f:  # only processes this test started
+                for pid in f.read().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+            try:
+                os.rmdir(d)
+            except OSError:  # EBUSY until the kernel has let go of the killed tasks
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
+def test_init_is_born_in_its_v1_cgroups(runner: Runner, runtime: Runtime,
+                                        v1_cgroups: dict[str, str]) -> None:
+    home = _own_cgroups(runtime.fork_server_pid)
+    c = runner.start(runner.spec(SLEEP, cgroup_procs=tuple(
+        f"{d}/cgroup.procs" for d in v1_cgroups.values())))
+    workload = _only_child(c.pid, "sleep")
+    for controller, d in v1_cgroups.items():
+        with open(f"{d}/cgroup.procs") as f:
+            members = {int(p) for p in f.read().split()}
+        assert {c.pid, workload} <= members, controller
+    # The fork server stepped into the container's cgroups for the clone and back out.
+    assert _own_cgroups(runtime.fork_server_pid) == home
+
+
+def test_failed_clone_inside_a_cgroup_leaves_the_fork_server_home(
+        runner: Runner, runtime: Runtime, v1_cgroups: dict[str, str]) -> None:
+    home = _own_cgroups(runtime.fork_server_pid)
+    with open(f"{v1_cgroups['pids']}/pids.max", "w") as f:
+        f.write("1")  # the fork server itself fills it: the init cannot be cloned there
+    before = host_state()
+    with pytest.raises(LaunchError) as e:
+        runner.start(runner.spec(SLEEP, cgroup_procs=tuple(
+            f"{d}/cgroup.procs" for d in v1_cgroups.values())))
+    assert e.value.step == "clone" and "Resource temporarily unavailable" in str(e.value)
+    assert _own_cgroups(runtime.fork_server_pid) == home
+    assert host_state() == before
+    for d in v1_cgroups.values():
+        with open(f"{d}/cgroup.procs") as f:
+            assert f.read() == ""
+    assert runner.run(["/bin/true"]).status.exit_code == 0  # and it still serves
+
+
+def test_missing_cgroup_is_named(runner: Runner, v1_cgroups: dict[str, str]) -> None:
+    gone = v1_cgroups["pids"] + "-gone"
+    with pytest.raises(LaunchError) as e:
+        runner.start(runner.spec(SLEEP, cgroup_procs=(f"{gone}/cgroup.procs",)))
+    assert e.value.step == f"join cgroup {gone}"
+    assert gone in str(e.value) and "No such file or directory" in str(e.value)

@@ -1,7 +1,7 @@
 """Per-container cgroups on cgroup v2 or v1, behind one small interface.
 
-The daemon gives every container its own cgroup *before* the workload runs (the launcher
-writes its own pid into every ``cgroup.procs`` file before it unshares anything), so that
+The daemon gives every container its own cgroup *before* the workload runs (the init is
+born in it on v1, see :mod:`.threadcg`, and joined to it before it may go on, on v2), so that
 limits apply from the first instruction, every descendant is accounted, and ``kill_all``
 can find processes that double-forked or called ``setsid`` -- a pid-tree walk cannot.
 
@@ -384,8 +384,8 @@ class Cgroup:
     def procs_files(self) -> list[str]:
         """All ``cgroup.procs`` files a process must join (one per hierarchy).
 
-        The launcher writes its own pid (or "0") to each of them before unsharing
-        namespaces, so nothing it forks can escape accounting or ``kill_all``.
+        The runtime puts the container's init in each of them before it runs, so nothing
+        it forks can escape accounting or ``kill_all``.
         """
         return [os.path.join(d, "cgroup.procs") for d in self.paths]
 

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import replace
 
-from ..linux import libc
+from ..linux import libc, threadcg
 from ..model.idranges import IdRanges
 from .errors import LaunchError, SetupError
 from .launcher import clone_flags
@@ -181,6 +181,11 @@ class Runtime:
         theirs.close()
         self._control: socket.socket | None = ours
 
+    @property
+    def fork_server_pid(self) -> int:
+        """The pid of the fork server that clones this runtime's container inits."""
+        return self._zygote_pid
+
     def prepare(self, spec: ContainerSpec) -> ContainerSpec:
         """The spec as it will run: validated, with id maps filled in for a user namespace."""
         if "user" in spec.namespaces and spec.uid_map is None:
@@ -232,6 +237,12 @@ class Runtime:
                     with _step(f"open log directory {spec.log.dir}"):
                         log_fd = libc.open_tree_clone(spec.log.dir, recursive=False)
                     fds["logdir"] = log_fd
+                for path in spec.cgroup_procs:
+                    tasks = threadcg.tasks_file(path)
+                    if tasks is not None:  # v1: the fork server clones the init into it
+                        with _step(f"join cgroup {os.path.dirname(path)}"):
+                            opened.append(os.open(tasks, os.O_WRONLY | os.O_CLOEXEC))
+                        fds["cgroup:" + tasks] = opened[-1]
                 if "mount" in spec.namespaces:
                     # Opened here, as host root, before the init exists (a user
                     # namespace's root could not traverse a 0700 host directory).
@@ -330,8 +341,9 @@ def _prepare(pid: int, spec: ContainerSpec, log_fd: int) -> None:
     and the idmap of the log directory. Raises LaunchError naming the step."""
     try:
         for path in spec.cgroup_procs:
-            with _step(f"join cgroup {os.path.dirname(path)}"), open(path, "w") as f:
-                f.write(str(pid))
+            if threadcg.tasks_file(path) is None:  # v2 (v1: the fork server joined them)
+                with _step(f"join cgroup {os.path.dirname(path)}"), open(path, "w") as f:
+                    f.write(str(pid))
         for name, limits in spec.rlimits.items():
             with _step(f"setrlimit {name} {limits}"):
                 resource.prlimit(pid, RLIMITS[name], limits)

@@ -103,7 +103,8 @@ class ContainerSpec:
     extra_hosts: tuple[tuple[str, str], ...] = ()  # (address, name) lines for /etc/hosts
     signal_process_group: bool = False  # the init forwards signals to -pgid
     kill_grace: float = 2.0  # after the workload exits: SIGTERM the rest, SIGKILL after this
-    cgroup_procs: tuple[str, ...] = ()  # cgroup.procs files joined before any namespace
+    # cgroup.procs files the init is in before it runs a line (v1: it is born there)
+    cgroup_procs: tuple[str, ...] = ()
     hold: bool = False  # stop before exec until the caller says go (to wire networks)
     # Capture stdout/stderr to rotated files, written by the init (Runtime.start's stdout
     # and stderr are then ignored).

@@ -12,7 +12,9 @@ sends the spec to the init itself.
 Protocol on the control socket (SOCK_SEQPACKET, one request per packet): a ``marshal``-ed
 ``(clone_flags, fd_names)`` with those fds attached (SCM_RIGHTS), the first being the
 request's report socket, where the fork server answers ``{"pid": N}`` (the init's host
-pid) or the error it met.
+pid) or the error it met. Fds named ``cgroup:*`` are cgroup v1 ``tasks`` files: the fork
+server steps into them for the clone, so the init is born in its cgroups (see
+:mod:`..linux.threadcg`), and is back in its own before it reads the next request.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import os
 import sys
 
 from ..linux import caps, libc
+from ..linux.threadcg import ThreadCgroups
 from .launcher import run_init
 from .wire import encode
 
@@ -41,6 +44,7 @@ def main(control_fd: int, parent_pid: int) -> None:
     control = _socket.socket(fileno=control_fd)
     last_cap = caps.last_cap()
     cmsg_size = _socket.CMSG_SPACE(MAX_FDS * 4)
+    cgroups = ThreadCgroups()
     gc.collect()
     gc.freeze()  # keep the heap's pages shared with every forked container
     while True:
@@ -55,10 +59,11 @@ def main(control_fd: int, parent_pid: int) -> None:
         for level, kind, payload in ancillary:
             if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
                 fds += memoryview(payload)[:len(payload) - len(payload) % 4].cast("i")
-        _serve(control, data, fds, last_cap)
+        _serve(control, data, fds, last_cap, cgroups)
 
 
-def _serve(control: _socket.socket, data: bytes, fds: list[int], last_cap: int) -> None:
+def _serve(control: _socket.socket, data: bytes, fds: list[int], last_cap: int,
+           cgroups: ThreadCgroups) -> None:
     try:
         flags, names = marshal.loads(data)
         if len(names) != len(fds) or names[0] != "report":
@@ -69,14 +74,32 @@ def _serve(control: _socket.socket, data: bytes, fds: list[int], last_cap: int) 
         for fd in fds:
             os.close(fd)
         return
+    pid = -1
+    joins = {name[7:]: fd for name, fd in zip(names, fds, strict=True)
+             if name.startswith("cgroup:")}
     try:
-        pid = libc.clone_fork(flags)
+        homes = cgroups.enter(joins)
     except OSError as e:
-        _report(fds[0], error=f"clone: {e.strerror}", errno=e.errno or 0, step="clone")
-        pid = -1
-    if pid == 0:
-        control.close()
-        run_init(dict(zip(names, fds, strict=True)), last_cap)
+        where = os.path.dirname(e.filename or "")
+        _report(fds[0], error=f"join cgroup {where}: {e.strerror}", errno=e.errno or 0,
+                step=f"join cgroup {where}")
+    else:
+        try:
+            pid = libc.clone_fork(flags)
+        except OSError as e:
+            _report(fds[0], error=f"clone: {e.strerror}", errno=e.errno or 0, step="clone")
+        if pid == 0:
+            control.close()
+            for fd in (*cgroups.home_fds(), *joins.values()):  # no way back to the host's
+                os.close(fd)
+            run_init({n: fd for n, fd in zip(names, fds, strict=True)
+                      if not n.startswith("cgroup:")}, last_cap)
+        try:
+            cgroups.leave(homes)
+        except OSError as e:  # every later clone would land in this container's cgroups
+            _report(fds[0], error=f"fork server: cannot return to its cgroup: {e.strerror}",
+                    errno=e.errno or 0, step="join cgroup")
+            os._exit(1)
     if pid > 0:
         _report(fds[0], pid=pid)
     for fd in fds:
