@@ -74,33 +74,35 @@ def _serve(control: _socket.socket, data: bytes, fds: list[int], last_cap: int,
         for fd in fds:
             os.close(fd)
         return
-    pid = -1
     joins = {name[7:]: fd for name, fd in zip(names, fds, strict=True)
              if name.startswith("cgroup:")}
+    pid, error = -1, None
     try:
         homes = cgroups.enter(joins)
     except OSError as e:
         where = os.path.dirname(e.filename or "")
-        _report(fds[0], error=f"join cgroup {where}: {e.strerror}", errno=e.errno or 0,
-                step=f"join cgroup {where}")
+        error = dict(error=f"join cgroup {where}: {e.strerror}", errno=e.errno or 0,
+                     step=f"join cgroup {where}")
     else:
         try:
             pid = libc.clone_fork(flags)
         except OSError as e:
-            _report(fds[0], error=f"clone: {e.strerror}", errno=e.errno or 0, step="clone")
+            error = dict(error=f"clone: {e.strerror}", errno=e.errno or 0, step="clone")
         if pid == 0:
             control.close()
             for fd in (*cgroups.home_fds(), *joins.values()):  # no way back to the host's
                 os.close(fd)
             run_init({n: fd for n, fd in zip(names, fds, strict=True)
                       if not n.startswith("cgroup:")}, last_cap)
-        try:
+        try:  # home before anyone hears from us: the next request finds us there
             cgroups.leave(homes)
         except OSError as e:  # every later clone would land in this container's cgroups
             _report(fds[0], error=f"fork server: cannot return to its cgroup: {e.strerror}",
                     errno=e.errno or 0, step="join cgroup")
             os._exit(1)
-    if pid > 0:
+    if error is not None:
+        _report(fds[0], **error)
+    elif pid > 0:
         _report(fds[0], pid=pid)
     for fd in fds:
         os.close(fd)
