@@ -23,7 +23,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Generator
 from dataclasses import replace
+from typing import Any, TypeVar
 
 from ..linux import libc, threadcg
 from ..model.idranges import IdRanges
@@ -34,6 +36,10 @@ from .rootfs import Sources
 from .spec import ID_RANGE_SIZE, RLIMITS, ContainerSpec, IdMapping, validate
 from .status import ExitStatus, parse_exit_record, read_exit_file
 
+T = TypeVar("T")
+Steps = Generator[socket.socket, None, T]
+"""A launch step by step: yields the socket to wait for, returns the result."""
+_SETTLE_TIMEOUT = 10.0  # after a failed start: for the init to exit (it was told to)
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _ZYGOTE_CODE = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
@@ -83,14 +89,18 @@ class Container:
 
     def go(self, timeout: float = 10.0) -> None:
         """Release a container created with ``hold=True``: exec its workload."""
+        drive(self.go_steps(), timeout, self.name)
+
+    def go_steps(self) -> Steps[None]:
+        """:meth:`go` as steps (see :meth:`Runtime.launch`)."""
         if self._report is None:
             raise RuntimeError(f"container {self.name} is not held")
         report, self._report = self._report, None
         try:
             report.send(json.dumps({"go": True}).encode())
-            self.workload_pid = _read_report(report, self.spec, timeout, want="workload")
-        except LaunchError:
-            self._settle(timeout)
+            self.workload_pid = yield from _report_of(report, self.spec, want="workload")
+        except BaseException:
+            self._settle(_SETTLE_TIMEOUT)
             raise
         finally:
             report.close()
@@ -207,8 +217,23 @@ class Runtime:
         (default: ours) - except with ``spec.log``: ``stdout`` and ``stderr`` are then
         ignored, the workload writes into pipes its init reads and logs.
 
-        Raises SpecError for a bad spec and LaunchError naming the failed step; either
-        way nothing of the container is left behind.
+        Raises SpecError for a bad spec and LaunchError naming the failed step (or
+        "timeout" after ``timeout`` seconds); either way nothing of the container is left
+        behind.
+        """
+        return drive(self.launch(spec, stdin=stdin, stdout=stdout, stderr=stderr,
+                                 exit_file=exit_file), timeout, spec.name)
+
+    def launch(self, spec: ContainerSpec, *, stdin: int | None = None,
+               stdout: int | None = None, stderr: int | None = None,
+               exit_file: str | None = None) -> Steps[Container]:
+        """:meth:`start` as steps, for a caller with its own event loop.
+
+        A generator: each value it yields is the socket to wait for until it is readable,
+        then resume it with ``send(None)``; it returns the Container (StopIteration).
+        To give up, ``throw()`` an exception into it (or ``close()`` it): it cleans up as
+        a failed :meth:`start` does and raises that exception. The steps in between are
+        short non-blocking syscalls, so an event loop can run them in its own thread.
         """
         spec = self.prepare(spec)
         report, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -270,13 +295,13 @@ class Runtime:
                 os.close(fd)
             if sources is not None:
                 sources.close()
-        return self._finish_start(spec, report, exit_fd, exit_file, log_fd, timeout)
+        return (yield from self._finish_start(spec, report, exit_fd, exit_file, log_fd))
 
     def _finish_start(self, spec: ContainerSpec, report: socket.socket, exit_fd: int,
-                      exit_file: str | None, log_fd: int, timeout: float) -> Container:
+                      exit_file: str | None, log_fd: int) -> Steps[Container]:
         container = None
         try:
-            pid = _read_report(report, spec, timeout, want="pid")
+            pid = yield from _report_of(report, spec, want="pid")
             container = Container(spec, pid, exit_file=exit_file, reaper=self.reaper,
                                   exit_fd=exit_fd)
             exit_fd = -1  # the container owns it now
@@ -284,15 +309,15 @@ class Runtime:
             # The spec is the init's "go": it is in its cgroups, with its limits and maps.
             report.send(marshal.dumps(spec.to_wire()))
             if spec.hold:
-                _read_report(report, spec, timeout, want="created")
+                yield from _report_of(report, spec, want="created")
             else:
-                container.workload_pid = _read_report(report, spec, timeout, want="workload")
+                container.workload_pid = yield from _report_of(report, spec, want="workload")
         except BaseException as error:
             report.close()
             if exit_fd >= 0:
                 os.close(exit_fd)
             if container is not None:
-                container._settle(timeout)
+                container._settle(_SETTLE_TIMEOUT)
                 if isinstance(error, LaunchError) and error.exit_code is None:
                     error.exit_code = container.poll().exit_code  # type: ignore[union-attr]
             raise
@@ -368,14 +393,10 @@ def _prepare(pid: int, spec: ContainerSpec, log_fd: int) -> None:
         raise LaunchError(f"{spec.name}: {e}", errno=e.errno, step=e.step) from None
 
 
-def _read_report(sock: socket.socket, spec: ContainerSpec, timeout: float, want: str):
+def _report_of(sock: socket.socket, spec: ContainerSpec, want: str) -> Steps[Any]:
     """Read report messages until ``want`` arrives; LaunchError on an error or EOF."""
-    deadline = time.monotonic() + timeout
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([sock], [], [], left)[0]:
-            raise LaunchError(f"{spec.name}: no answer from the launcher in {timeout}s",
-                              step="timeout")
+        yield sock
         data = sock.recv(65536)
         if not data:
             raise LaunchError(f"{spec.name}: the launcher exited without reporting",
@@ -386,3 +407,20 @@ def _read_report(sock: socket.socket, spec: ContainerSpec, timeout: float, want:
                               step=msg.get("step", ""), exit_code=msg.get("exit_code"))
         if want in msg:
             return msg[want]
+
+
+def drive(steps: Steps[T], timeout: float, name: str) -> T:
+    """Run steps (:meth:`Runtime.launch`) to the end, blocking; LaunchError with step
+    "timeout" when they take longer than ``timeout`` seconds in all."""
+    deadline = time.monotonic() + timeout
+    try:
+        sock = next(steps)
+        while True:
+            left = deadline - time.monotonic()
+            if left > 0 and select.select([sock], [], [], left)[0]:
+                sock = steps.send(None)
+            else:
+                sock = steps.throw(LaunchError(
+                    f"{name}: no answer from the launcher in {timeout}s", step="timeout"))
+    except StopIteration as done:
+        return done.value
