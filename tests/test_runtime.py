@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import time
@@ -507,3 +508,14 @@ def test_missing_cgroup_is_named(runner: Runner, v1_cgroups: dict[str, str]) -> 
         runner.start(runner.spec(SLEEP, cgroup_procs=(f"{gone}/cgroup.procs",)))
     assert e.value.step == f"join cgroup {gone}"
     assert gone in str(e.value) and "No such file or directory" in str(e.value)
+
+
+def test_launch_given_up_midway_leaves_nothing(runtime: Runtime, unique: callable) -> None:
+    before = host_state()
+    steps = runtime.launch(ContainerSpec(name=unique(), command=SLEEP))
+    sock = next(steps)  # the fork server's answer: the init's pid
+    assert select.select([sock], [], [], 10)[0]
+    sock = steps.send(None)  # the init has its spec; next comes the workload's pid
+    with pytest.raises(KeyboardInterrupt):
+        steps.throw(KeyboardInterrupt())
+    assert host_state() == before

@@ -39,7 +39,6 @@ from .status import ExitStatus, parse_exit_record, read_exit_file
 T = TypeVar("T")
 Steps = Generator[socket.socket, None, T]
 """A launch step by step: yields the socket to wait for, returns the result."""
-_SETTLE_TIMEOUT = 10.0  # after a failed start: for the init to exit (it was told to)
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _ZYGOTE_CODE = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
@@ -99,8 +98,8 @@ class Container:
         try:
             report.send(json.dumps({"go": True}).encode())
             self.workload_pid = yield from _report_of(report, self.spec, want="workload")
-        except BaseException:
-            self._settle(_SETTLE_TIMEOUT)
+        except BaseException as error:
+            self._settle(error)
             raise
         finally:
             report.close()
@@ -157,9 +156,12 @@ class Container:
             os.close(self._exit_fd)
             self._exit_fd = None
 
-    def _settle(self, timeout: float) -> None:
-        """After a failed start: make sure the init is gone and reaped."""
-        if self.poll() is None:
+    def _settle(self, error: BaseException, timeout: float = 10.0) -> None:
+        """After a failed start: make sure the init is gone and reaped. An init that
+        reported its error exits by itself (with a status worth keeping); one given up
+        on (a timeout, the caller's own error) is killed at once."""
+        reported = isinstance(error, LaunchError) and error.step != "timeout"
+        if reported and self.poll() is None:
             with contextlib.suppress(TimeoutError):
                 self.wait(timeout)
         if self.poll() is None:
@@ -317,7 +319,7 @@ class Runtime:
             if exit_fd >= 0:
                 os.close(exit_fd)
             if container is not None:
-                container._settle(_SETTLE_TIMEOUT)
+                container._settle(error)
                 if isinstance(error, LaunchError) and error.exit_code is None:
                     error.exit_code = container.poll().exit_code  # type: ignore[union-attr]
             raise
