@@ -27,6 +27,7 @@ from ..model.deps import DependencyGraph
 from ..model.policy import ContainerPolicy, Kill, PolicySettings, Spawn, WakeAt
 from ..model.states import NOT_RUNNING_STATES, SIGNALLABLE_STATES, State
 from ..runtime import Container, ExitStatus, LaunchError, Runtime, SpecError
+from ..runtime.client import Steps, T
 from ..runtime.reaper import Reaper
 from ..runtime.spec import LogSpec
 from ..runtime.status import read_exit_file
@@ -37,8 +38,9 @@ from .store import StateStore, process_start_time
 
 log = structlog.get_logger("nsvisord")
 HISTORY = 10  # exits remembered per container (inspect's restart history)
-OOM_KILLED = "OOMKilled"
-START_DURATIONS_KEPT = 4096  # the exit reason of a container the OOM killer ended
+OOM_KILLED = "OOMKilled"  # the exit reason of a container the OOM killer ended
+START_DURATIONS_KEPT = 4096  # launch latencies kept for the next scrape
+LAUNCH_TIMEOUT = 10.0  # from the launch request to the workload's exec
 
 
 class ExecRefused(Exception):
@@ -389,7 +391,7 @@ class Supervisor:
             return
         started = time.perf_counter()
         try:
-            container, cgroup = await anyio.to_thread.run_sync(self._launch, unit)
+            container, cgroup = await self._launch(unit)
         except (LaunchError, SpecError, CgroupError, OSError) as e:
             log.warning("spawn failed", container=unit.name, error=str(e))
             self._apply(unit, unit.policy.spawn_failed(self.clock(), str(e)))
@@ -405,27 +407,14 @@ class Supervisor:
         self._apply(unit, unit.policy.spawned(self.clock()))
         self._task(self._watch, unit, container)
 
-    def _launch(self, unit: Unit) -> tuple[Container, Cgroup | None]:
-        """In a worker thread: cgroup, runtime start, networks."""
+    async def _launch(self, unit: Unit) -> tuple[Container, Cgroup | None]:
+        """cgroup, runtime start, networks. On the event loop: the runtime's steps are
+        short syscalls between waits; only netlink (networks) goes to a worker thread."""
         cfg = unit.cfg
-        cgroup = unit.cgroup
         extra: dict[str, Any] = {}
-        limits = Limits(memory_bytes=cfg.limits.memory, cpus=cfg.limits.cpus,
-                        pids=cfg.limits.pids)
-        if self.cgroups is not None:
-            # The cgroup of the previous run is reused (it is empty: its processes died
-            # with the init); anything else by that name is a leftover and dies here.
-            if cgroup is None or cgroup.pids():
-                if cgroup is not None:
-                    self._destroy_cgroup(cgroup)
-                self._remove_cgroup(cfg.name)
-                cgroup = self.cgroups.create(cfg.name, limits)
-            unit.cgroup = cgroup
-            unit.oom_baseline = cgroup.oom_kills() or 0
+        cgroup = self._cgroup_for(unit)
+        if cgroup is not None:
             extra["cgroup_procs"] = tuple(cgroup.procs_files())
-        elif limits != Limits():
-            raise CgroupError(f"{cfg.name}: limits need cgroups, and this host has none "
-                              "usable (see the daemon's start-up warning)")
         # The init captures stdout and stderr into rotated files itself, so nothing is
         # lost and nothing blocks while the daemon is down or restarting.
         extra["log"] = LogSpec(self.config.supervisor.log_dir, max_bytes=cfg.log.max_bytes,
@@ -437,24 +426,54 @@ class Supervisor:
         extra["extra_hosts"] = self.network.extra_hosts(cfg.name)
         container = None
         try:
-            container = self.runtime.start(spec_from_config(cfg, **extra),
-                                           exit_file=self.store.exit_file(cfg.name))
+            container = await _run_steps(self.runtime.launch(
+                spec_from_config(cfg, **extra), exit_file=self.store.exit_file(cfg.name)),
+                LAUNCH_TIMEOUT, cfg.name)
             if hold:
-                self.network.wire(cfg, container.pid)
-                container.go()
+                await anyio.to_thread.run_sync(self.network.wire, cfg, container.pid)
+                await _run_steps(container.go_steps(), LAUNCH_TIMEOUT, cfg.name)
         except BaseException:
-            if container is not None and container.poll() is None:
-                container.kill()
-                with contextlib.suppress(TimeoutError):
-                    container.wait(10)
-            if container is not None:
-                container.close()
-            self.network.unwire(cfg.name)
-            if cgroup is not None:
-                unit.cgroup = None
-                self._destroy_cgroup(cgroup)
+            with anyio.CancelScope(shield=True):
+                await self._abandon(unit, container, cgroup)
             raise
         return container, cgroup
+
+    def _cgroup_for(self, unit: Unit) -> Cgroup | None:
+        """The container's cgroup, made (or emptied) for a new run."""
+        cfg = unit.cfg
+        limits = Limits(memory_bytes=cfg.limits.memory, cpus=cfg.limits.cpus,
+                        pids=cfg.limits.pids)
+        if self.cgroups is None:
+            if limits != Limits():
+                raise CgroupError(f"{cfg.name}: limits need cgroups, and this host has none "
+                                  "usable (see the daemon's start-up warning)")
+            return None
+        # The cgroup of the previous run is reused (it is empty: its processes died with
+        # the init); anything else by that name is a leftover and dies here.
+        cgroup = unit.cgroup
+        if cgroup is None or cgroup.pids():
+            if cgroup is not None:
+                self._destroy_cgroup(cgroup)
+            self._remove_cgroup(cfg.name)
+            cgroup = self.cgroups.create(cfg.name, limits)
+        unit.cgroup = cgroup
+        unit.oom_baseline = cgroup.oom_kills() or 0
+        return cgroup
+
+    async def _abandon(self, unit: Unit, container: Container | None,
+                       cgroup: Cgroup | None) -> None:
+        """A failed launch: nothing of it stays (the runtime cleaned up its own part)."""
+        if container is not None:
+            if container.poll() is None:
+                container.kill()
+                with anyio.move_on_after(10):
+                    while container.poll() is None:
+                        await _readable_or_sleep(container.pidfd)
+            container.close()
+        await anyio.to_thread.run_sync(self.network.unwire, unit.cfg.name)
+        if cgroup is not None:
+            unit.cgroup = None
+            await anyio.to_thread.run_sync(self._destroy_cgroup, cgroup)
 
     async def _watch(self, unit: Unit, container: Container) -> None:
         """Wait for the container to exit (its pidfd turns readable), then report it."""
@@ -477,7 +496,8 @@ class Supervisor:
     async def _cleanup(self, unit: Unit, container: Container) -> None:
         container.close()
         unit.links = {}
-        await anyio.to_thread.run_sync(self.network.unwire, unit.name)
+        if unit.name in self.network.running:  # netlink: a worker thread
+            await anyio.to_thread.run_sync(self.network.unwire, unit.name)
         if unit.container is container:
             unit.container = None
             unit.pid_start = None
@@ -717,6 +737,35 @@ class Supervisor:
             cgroup.destroy()
         except CgroupError as e:
             log.warning("cgroup cleanup failed", cgroup=cgroup.name, error=str(e))
+
+
+async def _run_steps(steps: Steps[T], timeout: float, name: str) -> T:
+    """Drive a runtime launch (:meth:`Runtime.launch`) on the event loop. A timeout or a
+    cancellation is thrown into the steps, which clean up and raise it."""
+    try:
+        sock = next(steps)
+        with anyio.move_on_after(timeout):
+            while True:
+                try:
+                    await anyio.wait_readable(sock.fileno())
+                except BaseException as error:  # cancelled (or timed out) while waiting
+                    steps.throw(error)
+                    raise
+                sock = steps.send(None)
+        # The timeout: the steps have cleaned up already; tell the caller what happened.
+        steps.throw(LaunchError(f"{name}: no answer from the launcher in {timeout}s",
+                                step="timeout"))
+        raise AssertionError("unreachable: a finished generator raises what is thrown in")
+    except StopIteration as done:
+        return done.value
+
+
+async def _readable_or_sleep(fd: int | None) -> None:
+    if fd is None:
+        await anyio.sleep(0.01)
+    else:
+        await anyio.wait_readable(fd)
+        await anyio.sleep(0.001)  # readable before reaped: SIGCHLD is on its way
 
 
 def _description(policy: ContainerPolicy, container: Container | None, uptime: float | None,
