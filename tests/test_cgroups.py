@@ -368,6 +368,17 @@ def test_v2_create_enables_controllers_on_every_level(tree: Cgroup2Tree) -> None
     assert fs.writes_to("nsvisor/pods/db/cpu.max") == [f"200000 {CPU_PERIOD_US}"]
 
 
+def test_v2_parents_removed_behind_our_back_are_made_again(tree: Cgroup2Tree) -> None:
+    mgr = v2_manager(tree, parent="nsvisor/pods")
+    mgr.create("web", Limits()).destroy()
+    for level in ("nsvisor/pods", "nsvisor"):  # an operator cleaned up
+        tree.fs.rmdir(str(tree.cgroot / level))
+    cg = mgr.create("web", Limits(pids=8))
+    assert cg.procs_files() == [str(tree.cgroot / "nsvisor/pods/web/cgroup.procs")]
+    assert tree.fs.get("nsvisor/pods/cgroup.subtree_control") == "cpu memory pids\n"
+    assert tree.fs.get("nsvisor/pods/web/pids.max") == "8\n"
+
+
 def test_v2_unlimited_writes_max_and_reads_none(tree: Cgroup2Tree) -> None:
     cg = v2_manager(tree).create("free", Limits())
     fs = tree.fs

@@ -53,7 +53,7 @@ def configure(level: str = "info", log_file: str | None = None) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(_output),
+        logger_factory=structlog.WriteLoggerFactory(_output),  # a line, one write
         cache_logger_on_first_use=True,
     )
 

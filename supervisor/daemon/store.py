@@ -28,13 +28,17 @@ class StateStore:
     def save(self, name: str, data: dict[str, Any]) -> None:
         final = self.path(name)
         tmp = final + ".tmp"
+        text = json.dumps(data).encode()  # one write: this runs on every state change
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         try:
-            f = open(tmp, "w")  # noqa: SIM115
+            fd = os.open(tmp, flags, 0o600)
         except FileNotFoundError:  # someone removed the state dir: make it again
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
-            f = open(tmp, "w")  # noqa: SIM115
-        with f:
-            json.dump(data, f)
+            fd = os.open(tmp, flags, 0o600)
+        try:
+            os.write(fd, text)
+        finally:
+            os.close(fd)
         os.replace(tmp, final)
 
     def load(self, name: str) -> dict[str, Any] | None:

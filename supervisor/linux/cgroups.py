@@ -713,6 +713,7 @@ class CgroupManager:
         self.parent = "/".join(self.parent_parts)
         self._fs = fs or CgroupFs()
         self._hierarchies = self._compute_hierarchies()
+        self._parents_ready: set[str] = set()  # mount points whose parent levels we made
 
     def _compute_hierarchies(self) -> list[tuple[str, list[str]]]:
         """(mount point, controllers served there) for each hierarchy we create dirs in."""
@@ -758,16 +759,17 @@ class CgroupManager:
         made: list[str] = []
         try:
             for mount, _ in self._hierarchies:
-                level = mount
-                if self.layout.version == 2:
-                    self._enable_controllers(level)
-                for part in self.parent_parts:
-                    level = os.path.join(level, part)
-                    if self._mkdir(level, exist_ok=True):
-                        made.append(level)
-                    if self.layout.version == 2:
-                        self._enable_controllers(level)
-                leaf = os.path.join(level, name)
+                leaf = os.path.join(mount, self.parent, name)
+                if mount in self._parents_ready:  # one mkdir per hierarchy and container
+                    try:
+                        self._mkdir(leaf, exist_ok=False)
+                        made.append(leaf)
+                        continue
+                    except CgroupError as e:
+                        if e.errno != errno.ENOENT:
+                            raise
+                        self._parents_ready.discard(mount)  # removed behind our back
+                made += self._make_parents(mount)
                 self._mkdir(leaf, exist_ok=False)
                 made.append(leaf)
             cgroup = self._cgroup(name, only_existing=False)
@@ -780,6 +782,22 @@ class CgroupManager:
                     pass  # e.g. a parent another container lives in now
             raise
         return cgroup
+
+    def _make_parents(self, mount: str) -> list[str]:
+        """Make the parent levels in one hierarchy (v2: with controllers enabled in each);
+        returns the directories made."""
+        made = []
+        level = mount
+        if self.layout.version == 2:
+            self._enable_controllers(level)
+        for part in self.parent_parts:
+            level = os.path.join(level, part)
+            if self._mkdir(level, exist_ok=True):
+                made.append(level)
+            if self.layout.version == 2:
+                self._enable_controllers(level)
+        self._parents_ready.add(mount)
+        return made
 
     def _mkdir(self, path: str, *, exist_ok: bool) -> bool:
         """mkdir with a CgroupError naming the path; returns True if it was created."""

@@ -240,6 +240,7 @@ class Runtime:
         spec = self.prepare(spec)
         report, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         opened: list[int] = []
+        join_outside: list[str] = []
         sources: Sources | None = None
         log_fd = exit_fd = -1
         try:
@@ -266,10 +267,12 @@ class Runtime:
                     fds["logdir"] = log_fd
                 for path in spec.cgroup_procs:
                     tasks = threadcg.tasks_file(path)
-                    if tasks is not None:  # v1: the fork server clones the init into it
-                        with _step(f"join cgroup {os.path.dirname(path)}"):
-                            opened.append(os.open(tasks, os.O_WRONLY | os.O_CLOEXEC))
-                        fds["cgroup:" + tasks] = opened[-1]
+                    if tasks is None:  # v2: the init is moved there from outside
+                        join_outside.append(path)
+                        continue
+                    with _step(f"join cgroup {os.path.dirname(path)}"):  # v1: born there
+                        opened.append(os.open(tasks, os.O_WRONLY | os.O_CLOEXEC))
+                    fds["cgroup:" + tasks] = opened[-1]
                 if "mount" in spec.namespaces:
                     # Opened here, as host root, before the init exists (a user
                     # namespace's root could not traverse a 0700 host directory).
@@ -297,17 +300,19 @@ class Runtime:
                 os.close(fd)
             if sources is not None:
                 sources.close()
-        return (yield from self._finish_start(spec, report, exit_fd, exit_file, log_fd))
+        return (yield from self._finish_start(spec, report, exit_fd, exit_file, log_fd,
+                                              join_outside))
 
     def _finish_start(self, spec: ContainerSpec, report: socket.socket, exit_fd: int,
-                      exit_file: str | None, log_fd: int) -> Steps[Container]:
+                      exit_file: str | None, log_fd: int,
+                      join_outside: list[str]) -> Steps[Container]:
         container = None
         try:
             pid = yield from _report_of(report, spec, want="pid")
             container = Container(spec, pid, exit_file=exit_file, reaper=self.reaper,
                                   exit_fd=exit_fd)
             exit_fd = -1  # the container owns it now
-            _prepare(pid, spec, log_fd)
+            _prepare(pid, spec, log_fd, join_outside)
             # The spec is the init's "go": it is in its cgroups, with its limits and maps.
             report.send(marshal.dumps(spec.to_wire()))
             if spec.hold:
@@ -363,14 +368,14 @@ class _step:
             raise SetupError(self.name, error.errno or 0) from None
 
 
-def _prepare(pid: int, spec: ContainerSpec, log_fd: int) -> None:
-    """From outside, before the init may go on: cgroups, rlimits, id maps (runc's order),
-    and the idmap of the log directory. Raises LaunchError naming the step."""
+def _prepare(pid: int, spec: ContainerSpec, log_fd: int, procs_files: list[str]) -> None:
+    """From outside, before the init may go on: cgroups (``procs_files``: those it was not
+    born in), rlimits, id maps (runc's order), and the idmap of the log directory. Raises
+    LaunchError naming the step."""
     try:
-        for path in spec.cgroup_procs:
-            if threadcg.tasks_file(path) is None:  # v2 (v1: the fork server joined them)
-                with _step(f"join cgroup {os.path.dirname(path)}"), open(path, "w") as f:
-                    f.write(str(pid))
+        for path in procs_files:
+            with _step(f"join cgroup {os.path.dirname(path)}"), open(path, "w") as f:
+                f.write(str(pid))
         for name, limits in spec.rlimits.items():
             with _step(f"setrlimit {name} {limits}"):
                 resource.prlimit(pid, RLIMITS[name], limits)

@@ -99,7 +99,7 @@ class Sources:
     def open(cls, spec: ContainerSpec) -> Sources:
         paths = [f"/dev/{d}" for d in DEVICES]
         if spec.rootfs == "host":
-            paths += [d for d in HOST_DIRS if os.path.lexists(d) and not os.path.islink(d)]
+            paths += [d for d in HOST_DIRS if _is_real_dir(d)]
         else:
             paths.append(spec.rootfs)
         paths += [m.source for m in spec.mounts if m.type == "bind" and m.source]
@@ -119,6 +119,14 @@ class Sources:
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
+
+
+def _is_real_dir(path: str) -> bool:
+    """A directory, not a symlink to one (merged-/usr hosts link /bin and friends)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def build(spec: ContainerSpec, sources: Sources) -> None:

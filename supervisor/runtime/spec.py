@@ -7,7 +7,6 @@ This module is for the caller only: the container side never imports it.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import resource
@@ -116,7 +115,13 @@ class ContainerSpec:
 
     def to_wire(self) -> dict:
         """What the container side reads: plain values, the hostname resolved."""
-        data = dataclasses.asdict(self)
+        data = dict(vars(self))  # shallow (asdict's deep copy cost 0.3 ms a launch)
+        data["mounts"] = tuple(dict(vars(m)) for m in self.mounts)
+        for key in ("uid_map", "gid_map"):
+            if data[key] is not None:
+                data[key] = tuple(dict(vars(m)) for m in data[key])
+        if self.log is not None:
+            data["log"] = dict(vars(self.log))
         data["effective_hostname"] = self.effective_hostname
         return data
 
