@@ -25,6 +25,11 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+# The flag of each namespace, by the names specs use (clone, unshare and setns take it).
+NAMESPACE_FLAGS = {
+    "mount": CLONE_NEWNS, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC, "pid": CLONE_NEWPID,
+    "net": CLONE_NEWNET, "cgroup": CLONE_NEWCGROUP, "user": CLONE_NEWUSER,
+}
 
 # mount(2) flags.
 MS_RDONLY = 0x1
@@ -192,6 +197,13 @@ _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 _IFREQ = struct.Struct("16sh22x")  # struct ifreq: name, then ifr_flags in the union
+
+
+def malloc_trim() -> None:
+    """Give the C heap's free pages back to the kernel (glibc keeps them otherwise)."""
+    trim = getattr(_libc, "malloc_trim", None)  # glibc only
+    if trim is not None:
+        trim(0)
 
 
 def interface_up(name: str = "lo") -> None:

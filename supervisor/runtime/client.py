@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 from ..linux import libc, threadcg
 from ..model.idranges import IdRanges
 from .errors import LaunchError, SetupError
-from .launcher import clone_flags
 from .reaper import DEFAULT_REAPER, Reaper
 from .rootfs import Sources
 from .spec import ID_RANGE_SIZE, RLIMITS, ContainerSpec, IdMapping, validate
@@ -366,6 +365,15 @@ class _step:
     def __exit__(self, kind: type | None, error: BaseException | None, tb: object) -> None:
         if isinstance(error, OSError):
             raise SetupError(self.name, error.errno or 0) from None
+
+
+def clone_flags(spec: ContainerSpec) -> int:
+    """The namespaces the init is born in. The cgroup namespace comes later, once the
+    init is in its cgroup, so that the namespace's root is the container's cgroup."""
+    flags = libc.CLONE_PARENT
+    for ns in spec.namespaces:
+        flags |= libc.NAMESPACE_FLAGS[ns]
+    return flags & ~libc.CLONE_NEWCGROUP
 
 
 def _prepare(pid: int, spec: ContainerSpec, log_fd: int, procs_files: list[str]) -> None:

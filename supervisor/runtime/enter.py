@@ -89,11 +89,6 @@ _ENTER_CODE = (
     "from supervisor.runtime.enter import main; main(sys.argv[2:])"
 )
 
-_CLONE_FLAGS = {
-    "mount": libc.CLONE_NEWNS, "uts": libc.CLONE_NEWUTS, "ipc": libc.CLONE_NEWIPC,
-    "pid": libc.CLONE_NEWPID, "net": libc.CLONE_NEWNET, "cgroup": libc.CLONE_NEWCGROUP,
-    "user": libc.CLONE_NEWUSER,
-}
 # nsenter's order for one-by-one setns: user first (it grants the rights for the rest),
 # mnt last (it moves our root and cwd).
 _SETNS_ORDER = ("user", "cgroup", "ipc", "uts", "net", "pid", "mount")
@@ -346,7 +341,7 @@ def _enter(request: dict, pidfd: int | None) -> int:
 
     flags = 0
     for name in own:
-        flags |= _CLONE_FLAGS[name]
+        flags |= libc.NAMESPACE_FLAGS[name]
     if flags and not ns_fds:
         try:
             libc.setns(pidfd, flags)
@@ -359,7 +354,7 @@ def _enter(request: dict, pidfd: int | None) -> int:
     for name in _SETNS_ORDER:
         if name in ns_fds:
             with _Step(f"setns {NS_PROC_NAME[name]} (/proc/{pid}/ns/{NS_PROC_NAME[name]})"):
-                libc.setns(ns_fds[name], _CLONE_FLAGS[name])
+                libc.setns(ns_fds[name], libc.NAMESPACE_FLAGS[name])
             os.close(ns_fds[name])
     with _Step("chroot to the container's root"):
         os.fchdir(rootfd)

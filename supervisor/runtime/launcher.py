@@ -35,21 +35,7 @@ from .init import Init, block_signals, spawn_workload
 from .logs import Logs
 from .wire import encode
 
-CLONE_FLAGS = {
-    "mount": libc.CLONE_NEWNS, "uts": libc.CLONE_NEWUTS, "ipc": libc.CLONE_NEWIPC,
-    "pid": libc.CLONE_NEWPID, "net": libc.CLONE_NEWNET, "cgroup": libc.CLONE_NEWCGROUP,
-    "user": libc.CLONE_NEWUSER,
-}
 _CAP_KILL = 1 << caps.CAPABILITIES["KILL"]
-
-
-def clone_flags(spec) -> int:
-    """The namespaces the init is born in. The cgroup namespace comes later, once the
-    init is in its cgroup, so that the namespace's root is the container's cgroup."""
-    flags = libc.CLONE_PARENT
-    for ns in spec.namespaces:
-        flags |= CLONE_FLAGS[ns]
-    return flags & ~libc.CLONE_NEWCGROUP
 
 
 class _Attrs:
