@@ -21,6 +21,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from ..linux import libc
 from ..linux.cgroups import Cgroup, CgroupError, CgroupManager, Limits
 from ..model.config import Config, ContainerConfig, diff_configs, load_config
 from ..model.deps import DependencyGraph
@@ -96,6 +97,8 @@ class Supervisor:
         self._tg: TaskGroup | None = None
         self._running_changed = anyio.Event()
         self._reload_lock = anyio.Lock()
+        self._launching = 0  # launches in flight
+        self._trim_due = False  # give memory back once they are done (see _launched)
         self.shutting_down = False
         self.shutdown_requested = anyio.Event()
         self.events = EventBus()
@@ -124,6 +127,7 @@ class Supervisor:
             unit = self.units[name]
             if unit.policy.should_autostart():
                 self._apply(unit, unit.policy.start(self.clock()))
+        self._trim_due = True
         log.info("supervising", containers=len(self.units))
 
     async def shutdown(self, timeout: float | None = None) -> None:
@@ -200,6 +204,7 @@ class Supervisor:
             self.events.publish("reload", ok=False, error=str(e))
             return
         diff = diff_configs(self._active_config(), new)
+        self._trim_due = True
         log.info("reload", added=diff.added, changed=diff.changed, removed=diff.removed)
         self.events.publish("reload", ok=True, added=diff.added, changed=diff.changed,
                             removed=diff.removed)
@@ -390,12 +395,15 @@ class Supervisor:
         if not unit.policy.spawn_pending or self.units.get(unit.name) is not unit:
             return
         started = time.perf_counter()
+        self._launching += 1
         try:
             container, cgroup = await self._launch(unit)
         except (LaunchError, SpecError, CgroupError, OSError) as e:
             log.warning("spawn failed", container=unit.name, error=str(e))
             self._apply(unit, unit.policy.spawn_failed(self.clock(), str(e)))
             return
+        finally:
+            self._launched()
         unit.container, unit.cgroup = container, cgroup
         unit.links = {link.ifname: True for link in self.network.running.get(unit.name,
                                                                               (0, []))[1]}
@@ -406,6 +414,15 @@ class Supervisor:
         self.events.publish("spawned", container=unit.name, pid=container.pid)
         self._apply(unit, unit.policy.spawned(self.clock()))
         self._task(self._watch, unit, container)
+
+    def _launched(self) -> None:
+        """A launch ended. After a wave of them (start-up, a reload), the C heap holds
+        megabytes of freed garbage (config parsing, launch buffers) that glibc would keep
+        for good: hand it back once the wave is over."""
+        self._launching -= 1
+        if self._launching == 0 and self._trim_due:
+            self._trim_due = False
+            libc.malloc_trim()
 
     async def _launch(self, unit: Unit) -> tuple[Container, Cgroup | None]:
         """cgroup, runtime start, networks. On the event loop: the runtime's steps are

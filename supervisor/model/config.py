@@ -12,7 +12,6 @@ Pure apart from ``load_config`` reading its one file: the daemon, the CLI
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 import signal
@@ -403,6 +402,8 @@ def _type_error(expected: str, value: object, where: str) -> ConfigError:
 
 
 def _suggest(word: str, options: list[str] | tuple[str, ...]) -> str:
+    import difflib  # only a bad config needs it
+
     match = difflib.get_close_matches(word, list(options), n=1)
     return f' (did you mean "{match[0]}"?)' if match else ""
 

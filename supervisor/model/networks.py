@@ -19,7 +19,6 @@ ports = ["127.0.0.1:8080:8080/tcp"]           # host address:port -> container p
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -74,6 +73,8 @@ def default_bridge_name(network: str) -> str:
     name = f"nsv-{network}"
     if IFNAME_RE.fullmatch(name):
         return name
+    import hashlib  # here: most names fit, and the module costs the daemon ~1 MiB
+
     return "nsv-" + hashlib.sha1(network.encode()).hexdigest()[:11]
 
 
