@@ -124,6 +124,41 @@ def test_stop_escalates_to_sigkill_and_nothing_survives(daemon: Daemon) -> None:
     assert not procs.parent.exists()
 
 
+def test_sigkill_and_an_immediate_restart_do_not_race(daemon: Daemon) -> None:
+    # SIGKILL also clears the container's cgroup, in a worker thread; a restart 1 ms
+    # later must wait for that, or the clearing kills the new container - and the fork
+    # server, which steps into the cgroup to clone the init there.
+    daemon.write_config('[containers.{p}-k]\ncommand = ["/bin/sleep", "1000"]\n'
+                        'startsecs = 0\nrestart = "always"\n'
+                        'backoff = { initial = "1ms", factor = 1.0, max = "1ms" }\n')
+    daemon.start()
+    pid = daemon.wait_state("k", "RUNNING")["pid"]
+    [fork_server] = wait_for(lambda: [p for p in _children(daemon.proc.pid)
+                                      if _comm(p) == "nsv-zygote"], 5, "the fork server")
+    for _ in range(25):
+        status, body = daemon.api("POST", "/v1/signal",
+                                  {"names": [daemon.name("k")], "signal": "KILL"})
+        assert status == 200, body
+        pid = wait_for(lambda old=pid: (s := daemon.state("k")).get("state") == "RUNNING"
+                       and s["pid"] != old and s["pid"], 10, "a new RUNNING pid")
+    assert not daemon.events("spawn failed")
+    assert _comm(fork_server) == "nsv-zygote"
+    assert fork_server in _children(daemon.proc.pid)
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def test_sighup_applies_only_the_difference(daemon: Daemon) -> None:
     base = ('[containers.{p}-same]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n\n'
             '[containers.{p}-changed]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n\n'

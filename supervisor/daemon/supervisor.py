@@ -61,6 +61,7 @@ class Unit:
     oom_kills: int = 0  # exits the kernel's OOM killer caused
     oom_baseline: int = 0  # the cgroup's OOM count when the current run started
     links: dict[str, bool] = field(default_factory=dict)  # container ifname -> up (networks)
+    clearing: set[anyio.Event] = field(default_factory=set)  # cgroup kills in progress
     timer: anyio.CancelScope | None = None
     changed: anyio.Event = field(default_factory=anyio.Event)
 
@@ -428,6 +429,10 @@ class Supervisor:
         """cgroup, runtime start, networks. On the event loop: the runtime's steps are
         short syscalls between waits; only netlink (networks) goes to a worker thread."""
         cfg = unit.cfg
+        # A kill of the cgroup still in progress would take the new container with it,
+        # and the fork server too, which steps into the cgroup for the clone.
+        for clearing in list(unit.clearing):
+            await clearing.wait()
         extra: dict[str, Any] = {}
         cgroup = self._cgroup_for(unit)
         if cgroup is not None:
@@ -532,10 +537,21 @@ class Supervisor:
         if sig == signal.SIGKILL:
             container.kill()
             if unit.cgroup is not None:  # what escaped the init's session or namespace
-                self._task(anyio.to_thread.run_sync, unit.cgroup.kill_all)
+                self._task(self._clear_cgroup, unit, unit.cgroup)
         else:
             with contextlib.suppress(ProcessLookupError):
                 container.signal(sig)
+
+    async def _clear_cgroup(self, unit: Unit, cgroup: Cgroup) -> None:
+        """Kill whatever is left in the cgroup, until it is empty. The next launch into
+        it waits for this (see _launch)."""
+        done = anyio.Event()
+        unit.clearing.add(done)
+        try:
+            await anyio.to_thread.run_sync(cgroup.kill_all)
+        finally:
+            unit.clearing.discard(done)
+            done.set()
 
     def _arm(self, unit: Unit, when: float) -> None:
         if unit.timer is not None:
