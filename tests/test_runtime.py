@@ -519,3 +519,19 @@ def test_launch_given_up_midway_leaves_nothing(runtime: Runtime, unique: callabl
     with pytest.raises(KeyboardInterrupt):
         steps.throw(KeyboardInterrupt())
     assert host_state() == before
+
+
+def test_a_dead_fork_server_is_replaced(unique: callable) -> None:
+    rt = Runtime()
+    try:
+        old = rt.fork_server_pid
+        os.kill(old, signal.SIGKILL)  # our own child
+        time.sleep(0.1)
+        c = rt.start(ContainerSpec(name=unique(), command=["/bin/true"]))
+        assert c.wait(10).exit_code == 0
+        c.close()
+        assert rt.fork_server_pid != old
+        assert not os.path.exists(f"/proc/{old}")  # and the old one was reaped
+    finally:
+        rt.close()
+    assert not os.path.exists(f"/proc/{rt.fork_server_pid}")

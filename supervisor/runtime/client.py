@@ -177,6 +177,10 @@ class Runtime:
         self.ids = ids or IdRanges(size=ID_RANGE_SIZE)
         self._lock = threading.Lock()
         libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
+        self._control: socket.socket | None = None
+        self._spawn_fork_server()
+
+    def _spawn_fork_server(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         theirs.set_inheritable(True)
         self._zygote_pid = os.posix_spawn(
@@ -190,7 +194,33 @@ class Runtime:
             setsid=True, setsigmask=(),
         )
         theirs.close()
-        self._control: socket.socket | None = ours
+        self._control = ours
+        self._zygote_pidfd = os.pidfd_open(self._zygote_pid)  # signalled safely later
+
+    def _retire_fork_server(self, grace: float = 0.0) -> None:
+        """Make sure the fork server is gone (SIGKILL after ``grace`` seconds), and reaped
+        unless a daemon's SIGCHLD handler got there first."""
+        if not select.select([self._zygote_pidfd], [], [], grace)[0]:  # still running
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._zygote_pidfd, signal.SIGKILL)
+            select.select([self._zygote_pidfd], [], [], 5.0)
+        os.close(self._zygote_pidfd)
+        with contextlib.suppress(ChildProcessError):
+            self.reaper.collect(self._zygote_pid)
+
+    def _send_request(self, request: bytes, fds: list[int]) -> None:
+        """To the fork server; one that died (killed by hand, say) is replaced once."""
+        with self._lock:
+            if self._control is None:
+                raise RuntimeError("runtime is closed")
+            try:
+                socket.send_fds(self._control, [request], fds)
+                return
+            except (BrokenPipeError, ConnectionResetError):
+                self._control.close()
+                self._retire_fork_server()
+                self._spawn_fork_server()
+            socket.send_fds(self._control, [request], fds)
 
     @property
     def fork_server_pid(self) -> int:
@@ -280,18 +310,15 @@ class Runtime:
                         fds["src:" + path] = fd
             except SetupError as e:
                 raise LaunchError(f"{spec.name}: {e}", errno=e.errno, step=e.step) from None
-            request = marshal.dumps((clone_flags(spec), tuple(fds)))
-            with self._lock:
-                if self._control is None:
-                    raise RuntimeError("runtime is closed")
-                socket.send_fds(self._control, [request], list(fds.values()))
+            self._send_request(marshal.dumps((clone_flags(spec), tuple(fds))),
+                               list(fds.values()))
         except BaseException as e:
             report.close()
             for fd in (exit_fd, log_fd):
                 if fd >= 0:
                     os.close(fd)
-            if isinstance(e, BrokenPipeError):
-                raise LaunchError("fork server is gone; create a new Runtime") from None
+            if isinstance(e, BrokenPipeError | ConnectionResetError):
+                raise LaunchError("fork server is gone and could not be replaced") from None
             raise
         finally:
             theirs.close()
@@ -343,8 +370,7 @@ class Runtime:
                 return
             self._control.close()
             self._control = None
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self._zygote_pid, 0)
+        self._retire_fork_server(grace=5.0)  # it exits when its socket closes
 
     def __enter__(self) -> Runtime:
         return self
