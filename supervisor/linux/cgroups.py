@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import signal
 import time
 from dataclasses import dataclass, field
+
+from . import mountinfo
 
 __all__ = [
     "CPU_PERIOD_US",
@@ -203,42 +204,6 @@ class CgroupLayout:
     v1_mounts: dict[str, str] = field(default_factory=dict, hash=False)
 
 
-_OCTAL = re.compile(r"\\([0-7]{3})")
-
-
-def _unescape(field_: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field_)
-
-
-@dataclass(frozen=True)
-class _Mount:
-    mount_point: str
-    fstype: str
-    super_options: tuple[str, ...]
-
-
-def _parse_mountinfo(text: str) -> list[_Mount]:
-    """Parse proc(5) mountinfo; optional fields end at the lone "-" separator."""
-    mounts = []
-    for line in text.splitlines():
-        fields = line.split(" ")
-        try:
-            sep = fields.index("-", 6)
-        except ValueError:
-            continue
-        if len(fields) < sep + 4:
-            continue
-        mounts.append(
-            _Mount(
-                mount_point=_unescape(fields[4]),
-                fstype=fields[sep + 1],
-                super_options=tuple(fields[sep + 3].split(",")),
-            )
-        )
-    return mounts
-
-
 def _under_root(fs_root: str, mount_point: str) -> str:
     return os.path.join(fs_root, mount_point.lstrip("/")) if fs_root != "/" else mount_point
 
@@ -251,8 +216,7 @@ def detect(mountinfo_path: str = "/proc/self/mountinfo", fs_root: str = "/") -> 
     even when cgroup2 is also mounted (the "hybrid" systemd layout): those controllers
     cannot be enabled on v2 while a v1 hierarchy holds them.
     """
-    with open(mountinfo_path, encoding="utf-8", errors="surrogateescape") as f:
-        mounts = _parse_mountinfo(f.read())
+    mounts = mountinfo.read(mountinfo_path)
 
     v1: dict[str, str] = {}
     unified_candidates: list[str] = []

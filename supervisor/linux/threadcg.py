@@ -12,12 +12,14 @@ cgroup v2 has no ``tasks`` file for domain cgroups (there, ``clone3(CLONE_INTO_C
 is the equivalent); :func:`tasks_file` returns None for it and the caller joins the init
 from outside instead.
 
-Only ``os`` is imported: the fork server loads this module.
+It imports only ``os`` and :mod:`.mountinfo`: the fork server loads it.
 """
 
 from __future__ import annotations
 
 import os
+
+from . import mountinfo
 
 
 def tasks_file(procs_file: str) -> str | None:
@@ -30,53 +32,17 @@ def own_tasks_file(dev: int) -> str:
     """The ``tasks`` file of the calling thread's cgroup in the v1 hierarchy mounted from
     device ``dev`` (``st_dev`` of any file of that hierarchy).
 
-    Raises OSError(ENOENT) when no such hierarchy is mounted in our mount namespace.
+    Raises FileNotFoundError when no mount of that hierarchy shows our cgroup.
     """
-    for mount_root, mount_point, options in _v1_mounts(dev):
-        with open("/proc/thread-self/cgroup") as f:
-            for line in f:
-                _id, controllers, path = line.rstrip("\n").split(":", 2)
-                if not controllers or not set(controllers.split(",")) <= options:
-                    continue
-                if mount_root != "/":  # a bind of a subtree: paths are below its root
-                    if path != mount_root and not path.startswith(mount_root + "/"):
-                        continue
-                    path = path[len(mount_root):]
-                tasks = mount_point.rstrip("/") + path.rstrip("/") + "/tasks"
-                if os.stat(tasks).st_dev == dev:
-                    return tasks
-    raise FileNotFoundError(2, "no cgroup v1 hierarchy of ours on that device", str(dev))
-
-
-def _v1_mounts(dev: int) -> list[tuple[str, str, set[str]]]:
-    """(root, mount point, super options) of the cgroup v1 mounts of device ``dev``."""
-    found = []
-    with open("/proc/self/mountinfo") as f:
+    mounts = [m for m in mountinfo.read() if m.dev == dev and m.fstype == "cgroup"]
+    with open("/proc/thread-self/cgroup") as f:
         for line in f:
-            fields = line.split(" ")
-            major, minor = fields[2].split(":")
-            if os.makedev(int(major), int(minor)) != dev:
-                continue
-            sep = fields.index("-", 6)
-            if fields[sep + 1] == "cgroup":
-                found.append((_unescape(fields[3]), _unescape(fields[4]),
-                              set(fields[sep + 3].rstrip("\n").split(","))))
-    return found
-
-
-def _unescape(text: str) -> str:
-    r"""mountinfo writes space, tab, newline and backslash as \ooo."""
-    if "\\" not in text:
-        return text
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and text[i + 1:i + 4].isdigit():
-            out.append(chr(int(text[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
+            _id, controllers, path = line.rstrip("\n").split(":", 2)
+            found = mountinfo.cgroup_dir(controllers, path, mounts) if controllers else None
+            if found is not None:
+                return os.path.join(found, "tasks")
+    raise FileNotFoundError(2, "the fork server's own cgroup in that hierarchy is not "
+                               "mounted here", str(dev))
 
 
 class ThreadCgroups:

@@ -67,7 +67,7 @@ import resource
 import select
 import sys
 
-from ..linux import caps, libc
+from ..linux import caps, libc, mountinfo
 from .consts import NAMESPACES, NS_PROC_NAME
 
 TYPE_CHECKING = False
@@ -416,36 +416,13 @@ def _join_cgroups(pid: int) -> None:
     """
     with _Step(f"read /proc/{pid}/cgroup"), open(f"/proc/{pid}/cgroup") as f:
         lines = f.read().splitlines()
-    with open("/proc/self/mountinfo") as f:
-        mounts = [_cgroup_mount(line) for line in f]
-    mounts = [m for m in mounts if m is not None]
+    mounts = mountinfo.read()
     for line in lines:
-        hid, controllers, path = line.split(":", 2)
-        wanted = None if hid == "0" else set(controllers.split(","))
-        for root, point, options in mounts:
-            if (wanted is None) == (options is None) and (wanted is None or wanted <= options):
-                if path != root and not path.startswith(root.rstrip("/") + "/"):
-                    continue  # this mount shows another subtree of the hierarchy
-                procs = os.path.join(point, path[len(root):].lstrip("/"), "cgroup.procs")
-                with _Step(f"join cgroup {os.path.dirname(procs)}"), open(procs, "w") as f:
-                    f.write(str(os.getpid()))
-                break
-
-
-def _cgroup_mount(line: str) -> tuple[str, str, set[str] | None] | None:
-    """(subtree root, mount point, v1 super options or None for v2) of a cgroup mount."""
-    fields = line.split()
-    sep = fields.index("-")
-    fstype = fields[sep + 1]
-    if fstype not in ("cgroup", "cgroup2"):
-        return None
-
-    def unescape(s: str) -> str:
-        return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n") \
-            .replace("\\134", "\\")
-
-    options = None if fstype == "cgroup2" else set(fields[sep + 3].split(","))
-    return unescape(fields[3]), unescape(fields[4]), options
+        _id, controllers, path = line.split(":", 2)
+        found = mountinfo.cgroup_dir(controllers, path, mounts)
+        if found is not None:
+            with _Step(f"join cgroup {found}"), open(f"{found}/cgroup.procs", "w") as f:
+                f.write(str(os.getpid()))
 
 
 def _own_namespaces(pid: int, requested: list[str]) -> list[str]:
