@@ -434,7 +434,7 @@ class Supervisor:
         for clearing in list(unit.clearing):
             await clearing.wait()
         extra: dict[str, Any] = {}
-        cgroup = self._cgroup_for(unit)
+        cgroup = await self._cgroup_for(unit)
         if cgroup is not None:
             extra["cgroup_procs"] = tuple(cgroup.procs_files())
         # The init captures stdout and stderr into rotated files itself, so nothing is
@@ -460,7 +460,7 @@ class Supervisor:
             raise
         return container, cgroup
 
-    def _cgroup_for(self, unit: Unit) -> Cgroup | None:
+    async def _cgroup_for(self, unit: Unit) -> Cgroup | None:
         """The container's cgroup, made (or emptied) for a new run."""
         cfg = unit.cfg
         limits = Limits(memory_bytes=cfg.limits.memory, cpus=cfg.limits.cpus,
@@ -474,9 +474,9 @@ class Supervisor:
         # the init); anything else by that name is a leftover and dies here.
         cgroup = unit.cgroup
         if cgroup is None or cgroup.pids():
-            if cgroup is not None:
-                self._destroy_cgroup(cgroup)
-            self._remove_cgroup(cfg.name)
+            stale = cgroup if cgroup is not None else self.cgroups.open(cfg.name)
+            if stale is not None:  # killing what is in it can take seconds: not on the loop
+                await anyio.to_thread.run_sync(self._destroy_cgroup, stale)
             cgroup = self.cgroups.create(cfg.name, limits)
         unit.cgroup = cgroup
         unit.oom_baseline = cgroup.oom_kills() or 0
