@@ -200,11 +200,14 @@ class Runtime:
     def _retire_fork_server(self, grace: float = 0.0) -> None:
         """Make sure the fork server is gone (SIGKILL after ``grace`` seconds), and reaped
         unless a daemon's SIGCHLD handler got there first."""
-        if not select.select([self._zygote_pidfd], [], [], grace)[0]:  # still running
+        pidfd, self._zygote_pidfd = self._zygote_pidfd, -1
+        if pidfd < 0:
+            return  # retired already
+        if not select.select([pidfd], [], [], grace)[0]:  # still running
             with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(self._zygote_pidfd, signal.SIGKILL)
-            select.select([self._zygote_pidfd], [], [], 5.0)
-        os.close(self._zygote_pidfd)
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            select.select([pidfd], [], [], 5.0)
+        os.close(pidfd)
         with contextlib.suppress(ChildProcessError):
             self.reaper.collect(self._zygote_pid)
 
@@ -213,13 +216,14 @@ class Runtime:
         with self._lock:
             if self._control is None:
                 raise RuntimeError("runtime is closed")
-            try:
-                socket.send_fds(self._control, [request], fds)
-                return
-            except (BrokenPipeError, ConnectionResetError):
-                self._control.close()
-                self._retire_fork_server()
-                self._spawn_fork_server()
+            if self._control.fileno() >= 0:  # closed: an earlier replacement failed
+                try:
+                    socket.send_fds(self._control, [request], fds)
+                    return
+                except (BrokenPipeError, ConnectionResetError):
+                    self._control.close()
+            self._retire_fork_server()
+            self._spawn_fork_server()
             socket.send_fds(self._control, [request], fds)
 
     @property
@@ -264,7 +268,7 @@ class Runtime:
         then resume it with ``send(None)``; it returns the Container (StopIteration).
         To give up, ``throw()`` an exception into it (or ``close()`` it): it cleans up as
         a failed :meth:`start` does and raises that exception. The steps in between are
-        short non-blocking syscalls, so an event loop can run them in its own thread.
+        short non-blocking syscalls, so an event loop can run them on its own thread.
         """
         spec = self.prepare(spec)
         report, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
