@@ -159,6 +159,35 @@ def _comm(pid: int) -> str:
         return ""
 
 
+def test_sigterm_while_containers_start_leaves_nothing(daemon: Daemon) -> None:
+    # A shutdown during the start wave: the launches in flight finish (or fail), and
+    # every container is stopped; no process or cgroup of any of them is left.
+    daemon.write_config("".join(
+        f'[containers.{{p}}-s{i}]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+        for i in range(30)))
+    daemon.start()
+    wait_for(lambda: daemon.events("supervising"), 20, "the start wave")
+    assert daemon.stop() == 0
+    assert not [e for e in daemon.events() if e.get("level") in ("error", "critical")]
+    cgroups = [p for root in ("/sys/fs/cgroup/pids/nsvisor", "/sys/fs/cgroup/nsvisor")
+               if os.path.isdir(root) for p in os.listdir(root)
+               if p.startswith(daemon.prefix + "-")]
+    assert cgroups == []
+    daemon.remember_pids()
+    assert not [p for p in daemon.seen_pids if alive(p)]
+    mine = [p for p in os.listdir("/proc") if p.isdigit()
+            and _in_cgroup_of(int(p), daemon.prefix)]
+    assert mine == []
+
+
+def _in_cgroup_of(pid: int, prefix: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return f"/nsvisor/{prefix}-" in f.read()
+    except OSError:
+        return False
+
+
 def test_sighup_applies_only_the_difference(daemon: Daemon) -> None:
     base = ('[containers.{p}-same]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n\n'
             '[containers.{p}-changed]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n\n'
