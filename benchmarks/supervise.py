@@ -630,24 +630,16 @@ def ensure_supervisord(venv: str, quiet: bool) -> str:
     return version
 
 
-def run_contender(c: Contender, idle_secs: float, kill_init: bool) -> dict[str, Any]:
+def run_contender(c: Contender, idle_secs: float, kill_init: bool,
+                  cold_only: bool = False) -> dict[str, Any]:
+    """Cold start, then (unless ``cold_only``) the crash test and the idle window; then
+    stop the daemon and check that nothing of it is left."""
     try:
         c.cold_start()
-        c.crashes(CRASHES, kill_init=kill_init and isinstance(c, Nsvisord))
-        if not getattr(c, "polled", False):
-            c.idle(idle_secs)
-    except BenchError as e:
-        c.result["error"] = str(e)
-    finally:
-        c.stop()
-        c.sweep()
-    return c.result
-
-
-def cold_only(c: Contender) -> dict[str, Any]:
-    """One more cold start of a fresh daemon, then stop it and check nothing is left."""
-    try:
-        c.cold_start()
+        if not cold_only:
+            c.crashes(CRASHES, kill_init=kill_init and isinstance(c, Nsvisord))
+            if not getattr(c, "polled", False):
+                c.idle(idle_secs)
     except BenchError as e:
         c.result["error"] = str(e)
     finally:
@@ -837,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
                     Nsvisord(workdir, names, timeout, os.path.join(run_tmp, f"{key}-cold{run}"))
                     if key == "nsvisord" else
                     Supervisord(workdir, names, timeout, args.sv_venv, polled=True))
-                cold_runs.append((key, cold_only(extra)))
+                cold_runs.append((key, run_contender(extra, 0, False, cold_only=True)))
     finally:
         left_mounts = mounts_under(tmp) + mounts_under(run_tmp)
         if not left_mounts:
@@ -884,7 +876,8 @@ def print_report(results: dict[str, Any]) -> None:
     if all(runs.values()):
         print("\n* cold starts, alternating, medians in the table: supervisord polled "
               + " ".join(f"{x:.3f}" for x in runs["supervisord_polled"]) + " s; nsvisord "
-              + " ".join(f"{x:.3f}" for x in runs["nsvisord"]) + " s (supervisord alone and the other nsvisord passes: one run; "
+              + " ".join(f"{x:.3f}" for x in runs["nsvisord"])
+              + " s (supervisord alone and the other nsvisord passes: one run; "
               "the breakdown rows: each daemon's first run)")
     for key in ("supervisord", "supervisord_polled", *results["rows"]):
         r = results[key]
