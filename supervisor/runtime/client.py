@@ -155,17 +155,22 @@ class Container:
             os.close(self._exit_fd)
             self._exit_fd = None
 
-    def _settle(self, error: BaseException, timeout: float = 10.0) -> None:
+    def _settle(self, error: BaseException, timeout: float = 2.0) -> None:
         """After a failed start: make sure the init is gone and reaped. An init that
         reported its error exits by itself (with a status worth keeping); one given up
-        on (a timeout, the caller's own error) is killed at once."""
+        on (a timeout, the caller's own error) is killed at once.
+
+        Each wait is bounded by ``timeout`` (a daemon's event loop runs this): an init
+        the kernel still holds after SIGKILL (D state) is left to the process's reaper,
+        and ``error``, not a TimeoutError, is what the caller sees."""
         reported = isinstance(error, LaunchError) and error.step != "timeout"
         if reported and self.poll() is None:
             with contextlib.suppress(TimeoutError):
                 self.wait(timeout)
         if self.poll() is None:
             self.kill()
-            self.wait(timeout)
+            with contextlib.suppress(TimeoutError):
+                self.wait(timeout)
         self.close()
 
 
