@@ -128,9 +128,6 @@ class Supervisor:
             unit = self.units[name]
             if unit.policy.should_autostart():
                 self._apply(unit, unit.policy.start(self.clock()))
-                # Let its launch reach the fork server now: the clones then run alongside
-                # the rest of this loop instead of after it.
-                await anyio.lowlevel.checkpoint()
         self._trim_due = True
         log.info("supervising", containers=len(self.units))
 
