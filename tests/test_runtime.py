@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from supervisor.linux import caps
+from supervisor.linux import caps, libc, mountinfo
 from supervisor.linux.cgroups import detect
 from supervisor.runtime import ContainerSpec, LaunchError, Mount, Runtime, SpecError
 from supervisor.runtime.spec import MASKED_PATHS, NAMESPACES, NS_PROC_NAME
@@ -535,3 +535,54 @@ def test_a_dead_fork_server_is_replaced(unique: callable) -> None:
     finally:
         rt.close()
     assert not os.path.exists(f"/proc/{rt.fork_server_pid}")
+
+
+@pytest.fixture
+def v2_cgroup(unique: callable) -> Iterator[str]:
+    """A fresh cgroup in the cgroup2 hierarchy (on a v1 host: the empty unified one)."""
+    mounts = [m for m in mountinfo.read() if m.fstype == "cgroup2" and m.root == "/"]
+    if not mounts:
+        pytest.skip("no cgroup2 hierarchy mounted")
+    d = os.path.join(mounts[0].mount_point, unique("cg2"))
+    os.mkdir(d)
+    yield d
+    deadline = time.monotonic() + 10
+    while os.path.isdir(d):
+        with open(f"{d}/cgroup.procs") as f:  # only processes this test started
+            for pid in f.read().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        try:
+            os.rmdir(d)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_clone_into_a_v2_cgroup_is_born_there(v2_cgroup: str) -> None:
+    r, w = os.pipe()
+    fd = os.open(v2_cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        pid = libc.clone_fork(0, fd)
+        if pid == 0:  # the child's very first look at its cgroup
+            with open("/proc/self/cgroup", "rb") as f:
+                os.write(w, f.read())
+            os._exit(0)
+    finally:
+        os.close(fd)
+        os.close(w)
+    seen = read_until_eof(r, 10).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert f"0::/{os.path.basename(v2_cgroup)}\n" in seen
+
+
+def test_init_is_born_in_its_v2_cgroup(runner: Runner, runtime: Runtime,
+                                       v2_cgroup: str) -> None:
+    home = _own_cgroups(runtime.fork_server_pid)
+    c = runner.start(runner.spec(SLEEP, cgroup_procs=(f"{v2_cgroup}/cgroup.procs",)))
+    workload = _only_child(c.pid, "sleep")
+    with open(f"{v2_cgroup}/cgroup.procs") as f:
+        assert {c.pid, workload} <= {int(p) for p in f.read().split()}
+    assert _own_cgroups(runtime.fork_server_pid) == home

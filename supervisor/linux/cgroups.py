@@ -1,7 +1,7 @@
 """Per-container cgroups on cgroup v2 or v1, behind one small interface.
 
-The daemon gives every container its own cgroup *before* the workload runs (the init is
-born in it on v1, see :mod:`.threadcg`, and joined to it before it may go on, on v2), so that
+The daemon gives every container its own cgroup *before* the workload runs (its init is
+born in it: see :mod:`.threadcg` for v1, :func:`.libc.clone_fork` for v2), so that
 limits apply from the first instruction, every descendant is accounted, and ``kill_all``
 can find processes that double-forked or called ``setsid`` -- a pid-tree walk cannot.
 

@@ -63,6 +63,8 @@ _SYS_CAPSET = {"x86_64": 126, "aarch64": 91}
 _SYS_SETNS = {"x86_64": 308, "aarch64": 268}
 _SYS_CLONE = {"x86_64": 56, "aarch64": 220}
 _SYS_CLOSE_RANGE = 436  # the same on every architecture
+_SYS_CLONE3 = 435  # the same on every architecture
+CLONE_INTO_CGROUP = 0x200000000  # clone3 only (Linux >= 5.7)
 CLOSE_RANGE_CLOEXEC = 1 << 2
 _SYS_OPEN_TREE = 428  # the same on every architecture
 _SYS_MOVE_MOUNT = 429
@@ -107,16 +109,41 @@ _pylibc = ctypes.PyDLL(None, use_errno=True)
 _pylibc.syscall.restype = ctypes.c_long
 
 
-def clone_fork(flags: int) -> int:
+class _CloneArgs(ctypes.Structure):
+    """struct clone_args up to ``cgroup`` (CLONE_ARGS_SIZE_VER2, Linux >= 5.7)."""
+
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size",
+        "tls", "set_tid", "set_tid_size", "cgroup")]
+
+
+def clone_fork(flags: int, cgroup_fd: int | None = None) -> int:
     """fork(2) with extra clone flags: new namespaces, CLONE_PARENT. Returns like fork.
+
+    With ``cgroup_fd`` (a cgroup v2 directory), the child is born in that cgroup
+    (clone3's CLONE_INTO_CGROUP): nobody has to move it there, which takes the kernel's
+    global threadgroup lock and waits for an RCU grace period. An OSError with ENOSYS or
+    E2BIG says the kernel is older than 5.7.
 
     Does what ``os.fork`` does around the syscall (CPython's before/after-fork hooks), so
     the child is a sound Python process. Only for single-threaded callers.
     """
     api = ctypes.pythonapi
+    if cgroup_fd is None:
+        args = None
+    else:  # no stack: the child runs on a copy of ours, as after fork
+        # clone3 refuses an exit signal with CLONE_PARENT: the child then signals our
+        # parent with the one we would (SIGCHLD, for a process it spawned).
+        signal_ = 0 if flags & CLONE_PARENT else _signal.SIGCHLD
+        args = _CloneArgs(flags=flags | CLONE_INTO_CGROUP, exit_signal=signal_,
+                          cgroup=cgroup_fd)
     api.PyOS_BeforeFork()
-    pid = _pylibc.syscall(_SYS_CLONE[_MACHINE], ctypes.c_ulong(flags | _signal.SIGCHLD),
-                          None, None, None, None)
+    if args is None:
+        pid = _pylibc.syscall(_SYS_CLONE[_MACHINE], ctypes.c_ulong(flags | _signal.SIGCHLD),
+                              None, None, None, None)
+    else:
+        pid = _pylibc.syscall(_SYS_CLONE3, ctypes.byref(args),
+                              ctypes.c_size_t(ctypes.sizeof(args)))
     err = ctypes.get_errno()
     if pid == 0:
         api.PyOS_AfterFork_Child()

@@ -9,8 +9,7 @@ under it): ~50 us. A child is born in its parent thread's cgroups, so the fork s
 steps into a container's cgroups, clones the init there and steps back.
 
 cgroup v2 has no ``tasks`` file for domain cgroups (there, ``clone3(CLONE_INTO_CGROUP)``
-is the equivalent); :func:`tasks_file` returns None for it and the caller joins the init
-from outside instead.
+is the equivalent: :func:`..libc.clone_fork`); :func:`tasks_file` returns None for it.
 
 It imports only ``os`` and :mod:`.mountinfo`: the fork server loads it.
 """

@@ -279,6 +279,7 @@ class Runtime:
         report, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         opened: list[int] = []
         join_outside: list[str] = []
+        cgroup2_path: str | None = None  # the cgroup v2 cgroup.procs the init is cloned into
         sources: Sources | None = None
         log_fd = exit_fd = -1
         try:
@@ -304,13 +305,21 @@ class Runtime:
                         log_fd = libc.open_tree_clone(spec.log.dir, recursive=False)
                     fds["logdir"] = log_fd
                 for path in spec.cgroup_procs:
+                    # The init is born in its cgroups: v1 through the fork server's
+                    # thread, v2 through clone3 (one directory: there is one hierarchy).
                     tasks = threadcg.tasks_file(path)
-                    if tasks is None:  # v2: the init is moved there from outside
+                    cgroup_dir = os.path.dirname(path)
+                    if tasks is None and cgroup2_path is not None:
                         join_outside.append(path)
                         continue
-                    with _step(f"join cgroup {os.path.dirname(path)}"):  # v1: born there
-                        opened.append(os.open(tasks, os.O_WRONLY | os.O_CLOEXEC))
-                    fds["cgroup:" + tasks] = opened[-1]
+                    with _step(f"join cgroup {cgroup_dir}"):
+                        if tasks is not None:
+                            opened.append(os.open(tasks, os.O_WRONLY | os.O_CLOEXEC))
+                        else:
+                            opened.append(os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY
+                                                  | os.O_CLOEXEC))
+                            cgroup2_path = path
+                    fds[("cgroup:" + tasks) if tasks else ("cgroup2:" + path)] = opened[-1]
                 if "mount" in spec.namespaces:
                     # Opened here, as host root, before the init exists (a user
                     # namespace's root could not traverse a 0700 host directory).
@@ -336,14 +345,17 @@ class Runtime:
             if sources is not None:
                 sources.close()
         return (yield from self._finish_start(spec, report, exit_fd, exit_file, log_fd,
-                                              join_outside))
+                                              join_outside, cgroup2_path))
 
     def _finish_start(self, spec: ContainerSpec, report: socket.socket, exit_fd: int,
-                      exit_file: str | None, log_fd: int,
-                      join_outside: list[str]) -> Steps[Container]:
+                      exit_file: str | None, log_fd: int, join_outside: list[str],
+                      cgroup2_path: str | None) -> Steps[Container]:
         container = None
         try:
-            pid = yield from _report_of(report, spec, want="pid")
+            born = yield from _report_of(report, spec, want="pid", whole=True)
+            pid = born["pid"]
+            if cgroup2_path is not None and not born.get("cgroup2"):
+                join_outside = [cgroup2_path, *join_outside]  # a kernel before 5.7
             container = Container(spec, pid, exit_file=exit_file, reaper=self.reaper,
                                   exit_fd=exit_fd)
             exit_fd = -1  # the container owns it now
@@ -443,8 +455,10 @@ def _prepare(pid: int, spec: ContainerSpec, log_fd: int, procs_files: list[str])
         raise LaunchError(f"{spec.name}: {e}", errno=e.errno, step=e.step) from None
 
 
-def _report_of(sock: socket.socket, spec: ContainerSpec, want: str) -> Steps[Any]:
-    """Read report messages until ``want`` arrives; LaunchError on an error or EOF."""
+def _report_of(sock: socket.socket, spec: ContainerSpec, want: str,
+               whole: bool = False) -> Steps[Any]:
+    """Read report messages until ``want`` arrives (its value, or with ``whole`` the whole
+    message); LaunchError on an error or EOF."""
     while True:
         yield sock
         data = sock.recv(65536)
@@ -456,7 +470,7 @@ def _report_of(sock: socket.socket, spec: ContainerSpec, want: str) -> Steps[Any
             raise LaunchError(f"{spec.name}: {msg['error']}", errno=msg.get("errno", 0),
                               step=msg.get("step", ""), exit_code=msg.get("exit_code"))
         if want in msg:
-            return msg[want]
+            return msg if whole else msg[want]
 
 
 def drive(steps: Steps[T], timeout: float, name: str) -> T:

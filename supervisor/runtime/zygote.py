@@ -6,21 +6,25 @@ clone instead of a new interpreter (~10 ms and several MiB each).
 
 Every page the fork server writes after a clone becomes private to that container's
 init, so a cycle here does as little as it can: receive one request, clone, report the
-pid. The caller does the rest from outside (bind sources, cgroups, rlimits, id maps) and
-sends the spec to the init itself.
+pid. The caller does the rest from outside (bind sources, rlimits, id maps) and sends
+the spec to the init itself.
 
 Protocol on the control socket (SOCK_SEQPACKET, one request per packet): a ``marshal``-ed
 ``(clone_flags, fd_names)`` with those fds attached (SCM_RIGHTS), the first being the
-request's report socket, where the fork server answers ``{"pid": N}`` (the init's host
-pid) or the error it met. Fds named ``cgroup:*`` are cgroup v1 ``tasks`` files: the fork
-server steps into them for the clone, so the init is born in its cgroups (see
-:mod:`..linux.threadcg`), and is back in its own before it reads the next request.
+request's report socket, where the fork server answers ``{"pid": N, "cgroup2": B}`` (the
+init's host pid, and whether it was born in the request's cgroup v2 directory) or the
+error it met.
+Fds named ``cgroup:*`` are cgroup v1 ``tasks`` files: the fork server steps into them for
+the clone, so the init is born in its cgroups (see :mod:`..linux.threadcg`), and is back
+in its own before it reads the next request. An fd named ``cgroup2:*`` is a cgroup v2
+directory: clone3 puts the init there (CLONE_INTO_CGROUP).
 """
 
 from __future__ import annotations
 
 import _signal
 import _socket
+import errno
 import gc
 import marshal
 import os
@@ -76,7 +80,9 @@ def _serve(control: _socket.socket, data: bytes, fds: list[int], last_cap: int,
         return
     joins = {name[7:]: fd for name, fd in zip(names, fds, strict=True)
              if name.startswith("cgroup:")}
-    pid, error = -1, None
+    cgroup2 = next((fd for name, fd in zip(names, fds, strict=True)
+                    if name.startswith("cgroup2:")), None)
+    pid, error, born_in_cgroup2 = -1, None, False
     try:
         homes = cgroups.enter(joins)
     except OSError as e:
@@ -85,7 +91,7 @@ def _serve(control: _socket.socket, data: bytes, fds: list[int], last_cap: int,
                      step=f"join cgroup {where}")
     else:
         try:
-            pid = libc.clone_fork(flags)
+            pid, born_in_cgroup2 = _clone(flags, cgroup2)
         except OSError as e:
             error = dict(error=f"clone: {e.strerror}", errno=e.errno or 0, step="clone")
         if pid == 0:
@@ -93,7 +99,7 @@ def _serve(control: _socket.socket, data: bytes, fds: list[int], last_cap: int,
             for fd in (*cgroups.home_fds(), *joins.values()):  # no way back to the host's
                 os.close(fd)
             run_init({n: fd for n, fd in zip(names, fds, strict=True)
-                      if not n.startswith("cgroup:")}, last_cap)
+                      if not n.startswith(("cgroup:", "cgroup2:"))}, last_cap)
         try:  # home before anyone hears from us: the next request finds us there
             cgroups.leave(homes)
         except OSError as e:  # every later clone would land in this container's cgroups
@@ -103,9 +109,21 @@ def _serve(control: _socket.socket, data: bytes, fds: list[int], last_cap: int,
     if error is not None:
         _report(fds[0], **error)
     elif pid > 0:
-        _report(fds[0], pid=pid)
+        _report(fds[0], pid=pid, cgroup2=born_in_cgroup2)
     for fd in fds:
         os.close(fd)
+
+
+def _clone(flags: int, cgroup2: int | None) -> tuple[int, bool]:
+    """Clone the init, into the cgroup v2 directory ``cgroup2`` if given and the kernel
+    can (>= 5.7); returns its pid (0 in the child) and whether it was born there."""
+    if cgroup2 is not None:
+        try:
+            return libc.clone_fork(flags, cgroup2), True
+        except OSError as e:
+            if e.errno not in (errno.ENOSYS, errno.E2BIG):
+                raise
+    return libc.clone_fork(flags), False
 
 
 def _report(fd: int, **msg: object) -> None:
