@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -497,3 +498,31 @@ def test_ip_binary_sees_our_bridge(net: Net) -> None:
                          text=True, timeout=10, check=True).stdout
     assert f"inet {NET1}.1/24" in out
     assert socket.if_nametoindex(br) > 0
+
+
+def test_link_flags_tell_up_from_down(net: Net) -> None:
+    a, b = net.name("fa"), net.name("fb")
+    _make_veth(a, b, up=False)
+    with Rtnl() as rt:
+        assert not rt.link_flags(a) & netlink.IFF_UP
+        rt.set_link(name=a, up=True)
+        assert rt.link_flags(a) & netlink.IFF_UP
+        assert rt.link_flags(net.name("nope")) is None
+
+
+def test_a_stale_down_event_is_not_a_link_down(net: Net, tmp_path: Path) -> None:
+    # The watcher may read a link's "down" (its creation, say) after the link came up:
+    # then there is nothing to repair and nothing to report.
+    from supervisor.daemon.network import Link, NetworkManager
+
+    a, b = net.name("sa"), net.name("sb")
+    _make_veth(a, b, up=True)
+    manager = NetworkManager(str(tmp_path), lambda kind, **fields: None)
+    link = Link("n", "eth0", "10.0.0.2/24", a, None, None)
+    assert manager._set_up(link) is False  # up already: a stale event
+    _set_up(a, False)
+    assert manager._set_up(link) is True  # really down: set up again
+    with Rtnl() as rt:
+        assert rt.link_flags(a) & netlink.IFF_UP
+        rt.del_link(name=a)
+    assert manager._set_up(link) is False  # gone: the "del" event is the one to act on

@@ -347,11 +347,14 @@ class NetworkManager:
         self._on_event("repaired", container=name, interface=link.host_ifname)
 
     def _set_up(self, link: Link) -> bool:
-        """Set a link that went down up again; False when it is gone (a deletion sends
-        a "down" first: the "del" that follows is the real event)."""
+        """Set a link that went down up again; False when there was nothing to do: it is
+        gone (a deletion sends a "down" first: the "del" that follows is the real event),
+        or up already (the event was stale, e.g. the link's own creation, read after a
+        busy spell of the event loop)."""
         try:
             with _nl().Rtnl() as rt:
-                if rt.ifindex(link.host_ifname) is None:
+                flags = rt.link_flags(link.host_ifname)
+                if flags is None or flags & _nl().IFF_UP:
                     return False
                 rt.set_link(name=link.host_ifname, up=True)
         except OSError:

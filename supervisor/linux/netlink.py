@@ -302,6 +302,12 @@ class Rtnl:
         reply = self._link_reply(name)
         return struct.unpack_from("=i", reply, 20)[0] if reply else None
 
+    def link_flags(self, name: str) -> int | None:
+        """The IFF_* flags of ``name`` now (None if there is no such link); read from the
+        reply's fixed header, like :meth:`ifindex`."""
+        reply = self._link_reply(name)
+        return struct.unpack_from("=I", reply, 24)[0] if reply else None
+
     def get_link(self, name: str) -> ifinfmsg | None:
         """The decoded RTM_NEWLINK for ``name`` (attributes by pyroute2 name), or None."""
         reply = self._link_reply(name)
