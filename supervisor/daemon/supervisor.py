@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import structlog
@@ -28,7 +28,7 @@ from ..model.deps import DependencyGraph
 from ..model.policy import ContainerPolicy, Kill, PolicySettings, Spawn, WakeAt
 from ..model.states import NOT_RUNNING_STATES, SIGNALLABLE_STATES, State
 from ..runtime import Container, ExitStatus, LaunchError, Runtime, SpecError
-from ..runtime.client import Steps, T
+from ..runtime.client import Steps
 from ..runtime.reaper import Reaper
 from ..runtime.spec import LogSpec
 from ..runtime.status import read_exit_file
@@ -38,6 +38,7 @@ from .network import NetworkManager
 from .store import StateStore, process_start_time
 
 log = structlog.get_logger("nsvisord")
+T = TypeVar("T")
 HISTORY = 10  # exits remembered per container (inspect's restart history)
 OOM_KILLED = "OOMKilled"  # the exit reason of a container the OOM killer ended
 START_DURATIONS_KEPT = 4096  # launch latencies kept for the next scrape
