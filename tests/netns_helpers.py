@@ -186,9 +186,9 @@ def tcp_reaches(pid: int | None, addr: str, port: int, timeout: float = 2.0,
         s.close()
 
 
-def icmp_echo(pid: int, dst: str, timeout: float = 1.0) -> bool:
-    """One ICMP echo request/reply from ``pid``'s netns over a raw socket (root), so the
-    test does not depend on a ``ping`` binary."""
+def icmp_echo(pid: int | None, dst: str, timeout: float = 1.0) -> bool:
+    """One ICMP echo request/reply from ``pid``'s netns (the host's for ``None``) over a
+    raw socket (root), so the test does not depend on a ``ping`` binary."""
     s = ns_socket(pid, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     try:
         ident = os.getpid() & 0xFFFF

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import subprocess
 import time
 import urllib.request
@@ -21,6 +20,7 @@ from supervisor.linux.netlink import veth_name
 
 from .conftest import RUN_ID
 from .daemon_harness import Daemon, wait_for
+from .netns_helpers import icmp_echo
 
 pytestmark = pytest.mark.root
 _counter = iter(range(1, 200))
@@ -64,56 +64,6 @@ def tcp_ok(pid: int, addr: str, port: int) -> bool:
     return r.returncode == 0
 
 
-PING = """
-import socket, struct
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-s.settimeout(2)
-payload = b'nsvisor'
-head = struct.pack('!BBHHH', 8, 0, 0, 0x4e53, 1)
-def csum(b):
-    b += b'\\0' * (len(b) % 2)
-    t = sum(struct.unpack('!%dH' % (len(b) // 2), b)); t = (t >> 16) + (t & 0xffff)
-    return ~(t + (t >> 16)) & 0xffff
-pkt = struct.pack('!BBHHH', 8, 0, csum(head + payload), 0x4e53, 1) + payload
-s.sendto(pkt, ('ADDR', 0))
-while True:
-    data, src = s.recvfrom(1024)
-    if data[20] == 0 and src[0] == 'ADDR':
-        print('pong'); break
-"""
-
-
-def ping_from(pid: int, addr: str) -> bool:
-    r = in_netns(pid, PING.replace("ADDR", addr))
-    return r.stdout.strip() == "pong"
-
-
-def icmp_ping(addr: str, timeout: float = 2.0) -> bool:
-    """One ICMP echo from the host (the tests' own bridge address) to ``addr``."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    s.settimeout(timeout)
-    try:
-        ident = os.getpid() & 0xFFFF
-        payload = b"nsvisor"
-        head = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
-        data = head + payload
-        data += b"\0" * (len(data) % 2)
-        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-        total = (total >> 16) + (total & 0xFFFF)
-        checksum = ~(total + (total >> 16)) & 0xFFFF
-        s.sendto(struct.pack("!BBHHH", 8, 0, checksum, ident, 1) + payload, (addr, 0))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            reply, src = s.recvfrom(1024)
-            if src[0] == addr and reply[20] == 0:
-                return True
-        return False
-    except TimeoutError:
-        return False
-    finally:
-        s.close()
-
-
 def address(d: Daemon, name: str, network: str) -> str:
     return d.api("GET", f"/v1/containers/{d.name(name)}/inspect")[1]["addresses"][network]
 
@@ -130,8 +80,8 @@ def test_red_and_blue_over_a_veth_pair(daemon: Daemon) -> None:
     daemon.start()
     red = daemon.wait_state("red", "RUNNING")["pid"]
     blue = daemon.wait_state("blue", "RUNNING")["pid"]
-    assert ping_from(red, f"{base}.3")
-    assert ping_from(blue, f"{base}.2")
+    assert icmp_echo(red, f"{base}.3", 2.0)
+    assert icmp_echo(blue, f"{base}.2", 2.0)
     wait_for(lambda: tcp_ok(red, f"{base}.3", 7000), 10, "blue's server")
     hosts = Path(f"/proc/{red}/root/etc/hosts").read_text()
     assert f"{base}.3\t{daemon.name('blue')}" in hosts
@@ -139,7 +89,7 @@ def test_red_and_blue_over_a_veth_pair(daemon: Daemon) -> None:
     assert daemon.api("POST", "/v1/restart", {"names": [daemon.name("blue")]})[0] == 200
     new_blue = daemon.wait_state("blue", "RUNNING")["pid"]
     assert new_blue != blue
-    assert ping_from(red, f"{base}.3")
+    assert icmp_echo(red, f"{base}.3", 2.0)
     assert not [link for link in host_links() if daemon.prefix in link]
 
 
@@ -161,10 +111,10 @@ def test_bridge_members_reach_each_other_and_the_gateway_not_other_networks(
     daemon.wait_state("b", "RUNNING")
     c = daemon.wait_state("c", "RUNNING")["pid"]
     b_addr = address(daemon, "b", lab)
-    assert ping_from(a, b_addr)
-    assert ping_from(a, f"{base}.1")  # the gateway, the bridge's own address
-    assert icmp_ping(b_addr)  # the host reaches its containers through the bridge
-    assert not ping_from(c, b_addr)  # no forwarding between networks
+    assert icmp_echo(a, b_addr, 2.0)
+    assert icmp_echo(a, f"{base}.1", 2.0)  # the gateway, the bridge's own address
+    assert icmp_echo(None, b_addr, 2.0)  # the host reaches its containers through the bridge
+    assert not icmp_echo(c, b_addr, 2.0)  # no forwarding between networks
     route = subprocess.run(["nsenter", f"--net=/proc/{a}/ns/net", "ip", "route"],
                            capture_output=True, text=True).stdout
     assert f"default via {base}.1 dev eth0" in route
@@ -216,7 +166,7 @@ def test_deleted_host_veth_is_repaired_without_a_restart(daemon: Daemon) -> None
     daemon.start()
     pid = daemon.wait_state("x", "RUNNING")["pid"]
     addr = address(daemon, "x", lab)
-    assert icmp_ping(addr)
+    assert icmp_echo(None, addr, 2.0)
     host_end = next(link for link in host_links() if link.startswith("nsv")
                     and link not in (f"nsv-{lab}",) and "@" not in link
                     and _master_is(link, f"nsv-{lab}"))
@@ -225,7 +175,7 @@ def test_deleted_host_veth_is_repaired_without_a_restart(daemon: Daemon) -> None
     wait_for(lambda: host_end in host_links(), 2, "the repaired link")
     repaired_in = time.monotonic() - deleted_at
     assert repaired_in < 1.0, repaired_in
-    assert wait_for(lambda: icmp_ping(addr, 0.5), 5, "the container reachable again")
+    assert wait_for(lambda: icmp_echo(None, addr, 0.5), 5, "the container reachable again")
     assert daemon.state("x")["pid"] == pid  # not restarted
     kinds = [e["kind"] for e in daemon.events("link")]
     assert "link_deleted" in kinds and "repaired" in kinds
@@ -253,7 +203,7 @@ def test_fifty_containers_on_one_bridge_are_all_reachable(daemon: Daemon) -> Non
         daemon.wait_state(f"m{i}", "RUNNING", timeout=60)
     addrs = [address(daemon, f"m{i}", lab) for i in range(50)]
     assert len(set(addrs)) == 50
-    assert [a for a in addrs if not icmp_ping(a)] == []
+    assert [a for a in addrs if not icmp_echo(None, a, 2.0)] == []
 
 
 def test_shutdown_leaves_the_host_links_as_before(daemon: Daemon) -> None:
@@ -315,7 +265,7 @@ def test_networks_survive_a_daemon_crash(daemon: Daemon) -> None:
     pid = daemon.wait_state("web", "RUNNING")["pid"]
     addr = address(daemon, "web", lab)
     daemon.crash()
-    assert icmp_ping(addr)  # the network outlives the daemon
+    assert icmp_echo(None, addr, 2.0)  # the network outlives the daemon
     daemon.start()
     wait_for(lambda: daemon.events("re-adopted", "web"), 10, "re-adoption")
     assert address(daemon, "web", lab) == addr  # IPAM kept it
@@ -343,9 +293,9 @@ def test_a_deleted_bridge_is_recreated_and_its_containers_reattached(daemon: Dae
     daemon.start()
     pid = daemon.wait_state("x", "RUNNING")["pid"]
     addr = address(daemon, "x", lab)
-    assert icmp_ping(addr)
+    assert icmp_echo(None, addr, 2.0)
     subprocess.run(["ip", "link", "del", f"nsv-{lab}"], check=True)
     wait_for(lambda: f"nsv-{lab}" in host_links(), 2, "the bridge back")
-    assert wait_for(lambda: icmp_ping(addr, 0.5), 5, "the container reachable again")
+    assert wait_for(lambda: icmp_echo(None, addr, 0.5), 5, "the container reachable again")
     assert daemon.state("x")["pid"] == pid
     assert "bridge_deleted" in [e["kind"] for e in daemon.events("link")]
