@@ -445,6 +445,22 @@ def _only_child(pid: int, comm: str, timeout: float = 5.0) -> int:
         time.sleep(0.01)
 
 
+def _remove_test_cgroup(d: str) -> None:
+    """Kill what is in a cgroup this test made (only its own processes), then rmdir it."""
+    deadline = time.monotonic() + 10
+    while os.path.isdir(d):
+        with open(f"{d}/cgroup.procs") as f:
+            for pid in f.read().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        try:
+            os.rmdir(d)
+        except OSError:  # EBUSY until the kernel has let go of the killed tasks
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 @pytest.fixture
 def v1_cgroups(unique: callable) -> Iterator[dict[str, str]]:
     """A fresh cgroup in the v1 pids and memory hierarchies: controller -> directory."""
@@ -456,18 +472,7 @@ def v1_cgroups(unique: callable) -> Iterator[dict[str, str]]:
         os.mkdir(d)
     yield dirs
     for d in dirs.values():
-        deadline = time.monotonic() + 10
-        while os.path.isdir(d):
-            with open(f"{d}/cgroup.procs") as f:  # only processes this test started
-                for pid in f.read().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
-            try:
-                os.rmdir(d)
-            except OSError:  # EBUSY until the kernel has let go of the killed tasks
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        _remove_test_cgroup(d)
 
 
 def test_init_is_born_in_its_v1_cgroups(runner: Runner, runtime: Runtime,
@@ -546,18 +551,7 @@ def v2_cgroup(unique: callable) -> Iterator[str]:
     d = os.path.join(mounts[0].mount_point, unique("cg2"))
     os.mkdir(d)
     yield d
-    deadline = time.monotonic() + 10
-    while os.path.isdir(d):
-        with open(f"{d}/cgroup.procs") as f:  # only processes this test started
-            for pid in f.read().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-        try:
-            os.rmdir(d)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    _remove_test_cgroup(d)
 
 
 def test_clone_into_a_v2_cgroup_is_born_there(v2_cgroup: str) -> None:
