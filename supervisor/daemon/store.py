@@ -1,9 +1,16 @@
 """Per-container state files in ``state_dir``: what a restarted daemon needs to re-adopt.
 
-One small JSON file per container, written atomically (write, fsync-free rename: the
-state dir is normally a tmpfs, and what matters is surviving the daemon, not the host)
-on every change of that container, so a ``kill -9`` at any moment leaves every file
-either old or new, never torn.
+One small JSON file per container, rewritten on every change of that container, so that a
+``kill -9`` at any moment leaves every file either old or new, never torn. No fsync: the
+state dir is normally a tmpfs, and what matters is surviving the daemon, not the host.
+
+A file is rewritten in place, with one ``pwrite`` of at most a page at offset 0, padded
+with spaces (JSON's whitespace) to the file's size, so it never has to shrink: the kernel
+copies a page of a write whole before it lets a killed process die. Only the first save
+(and a document too big for one page) writes a temporary file and renames it. Creating
+and deleting an inode on every state change cost more than the rest of a container's
+start on a busy journal-less ext4, which skips every inode deleted in the last 30 s when
+it allocates one.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 from typing import Any
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class StateStore:
@@ -27,8 +36,10 @@ class StateStore:
 
     def save(self, name: str, data: dict[str, Any]) -> None:
         final = self.path(name)
-        tmp = final + ".tmp"
         text = json.dumps(data).encode()  # one write: this runs on every state change
+        if len(text) <= _PAGE and self._rewrite(final, text):
+            return
+        tmp = final + ".tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         try:
             fd = os.open(tmp, flags, 0o600)
@@ -40,6 +51,23 @@ class StateStore:
         finally:
             os.close(fd)
         os.replace(tmp, final)
+
+    @staticmethod
+    def _rewrite(path: str, text: bytes) -> bool:
+        """Overwrite the file at ``path`` in place; False if there is none (or it is too
+        big to be rewritten in one page)."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            size = os.fstat(fd).st_size
+            if size > _PAGE:
+                return False
+            os.pwrite(fd, text.ljust(size), 0)
+        finally:
+            os.close(fd)
+        return True
 
     def load(self, name: str) -> dict[str, Any] | None:
         try:
