@@ -1,10 +1,10 @@
 """Supervision: every container as a unit driven by its restart policy.
 
 The policy model (``supervisor.model.policy``) decides; this module performs its actions
-(Spawn, Kill, WakeAt) with the runtime, a timer per unit and a watch per running
-container, and feeds the outcomes back as events. Everything runs in one anyio task
-group; nothing polls: a container's exit is its pidfd becoming readable, a timer is a
-sleep in a cancel scope, a dependency becoming RUNNING wakes whoever waits for it.
+(Spawn, Kill, WakeAt) with the runtime and a timer per unit, and feeds the outcomes back
+as events. Everything runs in one anyio task group; nothing polls: a container's exit is
+its pidfd becoming readable (one epoll set for all, see ``exits``), a timer is a sleep
+in a cancel scope, a dependency becoming RUNNING wakes whoever waits for it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from ..runtime.spec import LogSpec
 from ..runtime.status import read_exit_file
 from ..specs import spec_from_config
 from .events import EventBus
+from .exits import ExitWatcher
 from .network import NetworkManager
 from .store import StateStore, process_start_time
 
@@ -43,6 +44,7 @@ HISTORY = 10  # exits remembered per container (inspect's restart history)
 OOM_KILLED = "OOMKilled"  # the exit reason of a container the OOM killer ended
 START_DURATIONS_KEPT = 4096  # launch latencies kept for the next scrape
 LAUNCH_TIMEOUT = 10.0  # from the launch request to the workload's exec
+EXIT_STATUS_TIMEOUT = 5.0  # from a pidfd turning readable to its exit status
 
 
 class ExecRefused(Exception):
@@ -64,19 +66,22 @@ class Unit:
     links: dict[str, bool] = field(default_factory=dict)  # container ifname -> up (networks)
     clearing: set[anyio.Event] = field(default_factory=set)  # cgroup kills in progress
     timer: anyio.CancelScope | None = None
-    changed: anyio.Event = field(default_factory=anyio.Event)
+    changed: anyio.Event | None = None  # made by the first waiter, set by the next change
 
     @property
     def name(self) -> str:
         return self.cfg.name
 
     def notify(self) -> None:
-        self.changed.set()
-        self.changed = anyio.Event()
+        if self.changed is not None:
+            self.changed.set()
+            self.changed = None
 
     async def wait_until(self, predicate: Callable[[Unit], bool], timeout: float) -> bool:
         with anyio.move_on_after(timeout):
             while not predicate(self):
+                if self.changed is None:
+                    self.changed = anyio.Event()
                 await self.changed.wait()
             return True
         return False
@@ -104,6 +109,7 @@ class Supervisor:
         self.shutting_down = False
         self.shutdown_requested = anyio.Event()
         self.events = EventBus()
+        self.exits = ExitWatcher[tuple[Unit, Container]](self._on_exit)
         self._exec_pids: set[int] = set()
         self.signals_forwarded = 0  # signals sent to containers (a metric)
         self.netlink_events: dict[str, int] = {}  # link event kind -> count (a metric)
@@ -119,6 +125,7 @@ class Supervisor:
     async def run(self, tg: TaskGroup) -> None:
         """Restore what survived the last daemon, then start what should run."""
         self._tg = tg
+        await tg.start(self.exits.run)
         await tg.start(self.network.run, tg)
         for cfg in self.config.containers.values():
             self._restore(cfg)
@@ -415,7 +422,7 @@ class Supervisor:
         log.info("spawned", container=unit.name, pid=container.pid)
         self.events.publish("spawned", container=unit.name, pid=container.pid)
         self._apply(unit, unit.policy.spawned(self.clock()))
-        self._task(self._watch, unit, container)
+        self._watch(unit, container)
 
     def _launched(self) -> None:
         """A launch ended. After a wave of them (start-up, a reload), the C heap holds
@@ -498,15 +505,24 @@ class Supervisor:
             unit.cgroup = None
             await anyio.to_thread.run_sync(self._destroy_cgroup, cgroup)
 
-    async def _watch(self, unit: Unit, container: Container) -> None:
-        """Wait for the container to exit (its pidfd turns readable), then report it."""
+    def _watch(self, unit: Unit, container: Container) -> None:
+        """Hear of the container's exit (:meth:`_exited`)."""
+        assert container.pidfd is not None
+        self.exits.watch(container.pidfd, (unit, container))
+
+    def _on_exit(self, item: tuple[Unit, Container]) -> None:
+        self._task(self._exited, *item)
+
+    async def _exited(self, unit: Unit, container: Container) -> None:
+        """The container's pidfd turned readable: collect its status and report it."""
         status = container.poll()
-        while status is None:
-            assert container.pidfd is not None
-            await anyio.wait_readable(container.pidfd)
-            status = container.poll()
-            if status is None:  # readable but not yet reaped: SIGCHLD is on its way
+        with anyio.move_on_after(EXIT_STATUS_TIMEOUT):
+            while status is None:  # exited, not yet reapable: SIGCHLD is on its way
                 await anyio.sleep(0.001)
+                status = container.poll()
+        if status is None:
+            log.warning("exit status lost", container=unit.name, pid=container.pid)
+            status = ExitStatus(255)
         oom = unit.cgroup is not None and unit.cgroup.oom_killed_since(unit.oom_baseline)
         reason = OOM_KILLED if oom else status.describe()
         if oom:
@@ -605,7 +621,7 @@ class Supervisor:
                               for link in self.network.adopt(cfg, pid)}
             log.info("re-adopted", container=cfg.name, pid=pid,
                      state=unit.policy.state.name, restarts=unit.policy.restarts)
-            self._task(self._watch, unit, unit.container)
+            self._watch(unit, unit.container)
             if unit.policy.wake_at is not None:
                 self._arm(unit, unit.policy.wake_at)
             return
