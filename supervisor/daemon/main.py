@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
+import getopt
 import os
 import signal
 import sys
+from typing import NamedTuple
 
 import anyio
 import structlog
@@ -20,19 +21,68 @@ from .signals import SignalReader
 from .supervisor import Supervisor
 
 DEFAULT_CONFIG = "/etc/nsvisor/nsvisor.toml"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+USAGE = "usage: nsvisord [-c FILE] [--log-level LEVEL] [--log-file PATH]"
+HELP = f"""{USAGE}
+
+nsvisor's daemon: supervises the containers of a TOML config until SIGTERM or SIGINT.
+
+options:
+  -c, --config FILE  the TOML config (default {DEFAULT_CONFIG})
+  --log-level LEVEL  {", ".join(LOG_LEVELS)} (default info)
+  --log-file PATH    append the daemon's log here (reopened on SIGUSR2) instead of stderr
+  -h, --help         show this help and exit
+"""
 log = structlog.get_logger("nsvisord")
 
 
+class Options(NamedTuple):
+    config: str = DEFAULT_CONFIG
+    log_level: str = "info"
+    log_file: str | None = None
+
+
+class UsageError(Exception):
+    """A bad command line; the message names what is wrong."""
+
+
+def parse_args(argv: list[str]) -> Options | None:
+    """The command line's options, None for ``--help``; UsageError if it is wrong.
+
+    getopt, not argparse: argparse's help formatter imports shutil, and shutil zlib, bz2
+    and lzma - 0.8 MiB the daemon would carry for as long as it runs.
+    """
+    try:
+        pairs, rest = getopt.getopt(argv, "hc:", ["help", "config=", "log-level=",
+                                                  "log-file="])
+    except getopt.GetoptError as e:
+        raise UsageError(str(e)) from None
+    if rest:
+        raise UsageError(f"unexpected argument {rest[0]!r}")
+    options = Options()
+    for name, value in pairs:
+        if name in ("-h", "--help"):
+            return None
+        if name in ("-c", "--config"):
+            options = options._replace(config=value)
+        elif name == "--log-level":
+            if value not in LOG_LEVELS:
+                raise UsageError(f"--log-level {value!r}: choose {', '.join(LOG_LEVELS)}")
+            options = options._replace(log_level=value)
+        else:
+            options = options._replace(log_file=value)
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nsvisord", description="nsvisor's daemon")
-    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,
-                        help=f"the TOML config (default {DEFAULT_CONFIG})")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-file", metavar="PATH",
-                        help="append the daemon's log here (reopened on SIGUSR2) "
-                             "instead of stderr")
-    args = parser.parse_args(argv)
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as e:
+        print(f"nsvisord: {e}\n{USAGE} (nsvisord --help tells more)", file=sys.stderr)
+        return 2
+    if args is None:
+        print(HELP, end="")
+        return 0
     try:
         config = load_config(args.config)
     except ConfigError as e:

@@ -1,0 +1,60 @@
+"""nsvisord's command line: options, --help, and one clear error for a bad one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from supervisor.daemon.main import DEFAULT_CONFIG, Options, UsageError, main, parse_args
+
+
+def test_defaults_and_every_option_spelling() -> None:
+    assert parse_args([]) == Options(DEFAULT_CONFIG, "info", None)
+    assert parse_args(["-c", "a.toml", "--log-level", "debug", "--log-file", "/x"]) == \
+        Options("a.toml", "debug", "/x")
+    assert parse_args(["--config=b.toml", "--log-level=error"]) == \
+        Options("b.toml", "error", None)
+    assert parse_args(["-cc.toml"]).config == "c.toml"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bogus"], "option --bogus not recognized"),
+    (["-c"], "option -c requires argument"),
+    (["--log-level", "loud"], "--log-level 'loud': choose debug, info, warning, error"),
+    (["-c", "a.toml", "extra"], "unexpected argument 'extra'"),
+])
+def test_bad_command_line_is_named_and_exits_2(argv, message, capsys) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_args(argv)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"nsvisord: {message}\nusage: nsvisord ")
+    assert err.count("\n") == 2  # one error, one usage line
+
+
+def test_help_exits_0_and_lists_every_option(capsys) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--config FILE", "--log-level LEVEL", "--log-file PATH", "--help"):
+        assert option in out
+    assert max(len(line) for line in out.splitlines()) <= 90  # fits a terminal
+
+
+def test_a_missing_config_file_is_named(tmp_path, capsys) -> None:
+    missing = tmp_path / "nope.toml"
+    assert main(["-c", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_parsing_does_not_load_shutil() -> None:
+    # argparse's help formatter imports shutil, zlib, bz2 and lzma: 0.8 MiB for the
+    # daemon's lifetime (benchmarks/supervise.py compares its RSS with supervisord's).
+    code = ("import sys; from supervisor.daemon.main import parse_args; "
+            "parse_args(['-c', 'x']); "
+            "print(sorted(m for m in ('argparse', 'shutil', 'zlib', 'lzma', 'bz2') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    assert out.strip() == "[]"
