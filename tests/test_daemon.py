@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.daemon.supervisor import LAUNCH_SLOTS
+
 from .conftest import RUN_ID
 from .daemon_harness import Daemon, wait_for
 
@@ -159,12 +161,33 @@ def _comm(pid: int) -> str:
         return ""
 
 
+def test_more_containers_than_launch_slots_all_start_once(daemon: Daemon) -> None:
+    # Launches beyond LAUNCH_SLOTS queue for a slot; every one of them still starts,
+    # exactly once, and the queue follows the start order (priority).
+    count = LAUNCH_SLOTS + 8
+    daemon.write_config("".join(
+        f'[containers.{{p}}-s{i:02d}]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+        f'priority = {1000 - i}\n' for i in range(count)))
+    daemon.start()
+    wait_for(lambda: len([e for e in daemon.events("state") if e["new"] == "RUNNING"])
+             >= count, 60, f"{count} containers RUNNING")
+    spawned = [e["container"] for e in daemon.events("spawned")]
+    assert sorted(spawned) == sorted(daemon.name(f"s{i:02d}") for i in range(count))
+    # The lowest priority number starts first: the first slots went to s{count-1} down
+    # to s08, and s00, last in line, got one only after 8 of them had finished.
+    first_wave = {daemon.name(f"s{i:02d}") for i in range(count - LAUNCH_SLOTS, count)}
+    assert spawned[0] in first_wave
+    assert spawned.index(daemon.name("s00")) >= count - LAUNCH_SLOTS
+    assert daemon.stop() == 0
+
+
 def test_sigterm_while_containers_start_leaves_nothing(daemon: Daemon) -> None:
-    # A shutdown during the start wave: the launches in flight finish (or fail), and
-    # every container is stopped; no process or cgroup of any of them is left.
+    # A shutdown during the start wave: the launches in flight finish (or fail), those
+    # queued for a slot too, and every container is stopped; no process or cgroup of
+    # any of them is left.
     daemon.write_config("".join(
         f'[containers.{{p}}-s{i}]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
-        for i in range(30)))
+        for i in range(LAUNCH_SLOTS + 8)))
     daemon.start()
     wait_for(lambda: daemon.events("supervising"), 20, "the start wave")
     assert daemon.stop() == 0

@@ -10,7 +10,8 @@ copies a page of a write whole before it lets a killed process die. Only the fir
 (and a document too big for one page) writes a temporary file and renames it. Creating
 and deleting an inode on every state change cost more than the rest of a container's
 start on a busy journal-less ext4, which skips every inode deleted in the last 30 s when
-it allocates one.
+it allocates one. The daemon reads the files only when it starts, when nobody writes
+them; another reader (a test, a script) may catch one half rewritten and must retry.
 """
 
 from __future__ import annotations
