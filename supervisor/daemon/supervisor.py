@@ -151,6 +151,8 @@ class Supervisor:
         self.shutting_down = True
         await self.stop(list(self.units), save_manual=False, timeout=timeout)
         await self.network.close()
+        for unit in self.units.values():
+            await self._cleared(unit)  # a SIGKILL's cgroup kill may still be running
         await anyio.to_thread.run_sync(self._destroy_cgroups, list(self.units.values()))
         log.info("all stopped")
 
@@ -449,8 +451,7 @@ class Supervisor:
         cfg = unit.cfg
         # A kill of the cgroup still in progress would take the new container with it,
         # and the fork server too, which steps into the cgroup for the clone.
-        for clearing in list(unit.clearing):
-            await clearing.wait()
+        await self._cleared(unit)
         extra: dict[str, Any] = {}
         cgroup = await self._cgroup_for(unit)
         if cgroup is not None:
@@ -571,14 +572,22 @@ class Supervisor:
 
     async def _clear_cgroup(self, unit: Unit, cgroup: Cgroup) -> None:
         """Kill whatever is left in the cgroup, until it is empty. The next launch into
-        it waits for this (see _launch)."""
+        it and its removal wait for this (:meth:`_cleared`)."""
         done = anyio.Event()
         unit.clearing.add(done)
         try:
             await anyio.to_thread.run_sync(cgroup.kill_all)
+        except CgroupError as e:  # a task of ours: it must not take the daemon down
+            log.warning("cgroup kill failed", container=unit.name, error=str(e))
         finally:
             unit.clearing.discard(done)
             done.set()
+
+    @staticmethod
+    async def _cleared(unit: Unit) -> None:
+        """Wait for the unit's cgroup kills in progress (:meth:`_clear_cgroup`)."""
+        for clearing in list(unit.clearing):
+            await clearing.wait()
 
     def _arm(self, unit: Unit, when: float) -> None:
         if unit.timer is not None:
@@ -674,6 +683,7 @@ class Supervisor:
         if unit is not None and unit.timer is not None:
             unit.timer.cancel()
         if unit is not None:
+            await self._cleared(unit)
             await anyio.to_thread.run_sync(self._destroy_cgroups, [unit])
         self.store.remove(name)
         if not keep_ids:
