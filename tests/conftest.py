@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import secrets
 import select
 import time
@@ -153,3 +154,30 @@ def host_state() -> dict[str, object]:
     zombies = [pid for pid, state, _ppid in table if state == "Z"]
     return {"mounts": mounts, "children": sorted(children), "zombies": sorted(zombies),
             "netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []}
+
+
+@pytest.fixture
+def high_fd() -> Iterator[int]:
+    """A free descriptor number above select()'s FD_SETSIZE (1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1600:
+        pytest.skip(f"hard RLIMIT_NOFILE {hard} is below 1600")
+    if soft != resource.RLIM_INFINITY and soft < 1600:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1600, hard))
+    fd = 1500
+    while fd < 1600 and _is_open(fd):
+        fd += 1
+    try:
+        yield fd
+    finally:
+        if _is_open(fd):
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True

@@ -17,7 +17,6 @@ import json
 import marshal
 import os
 import resource
-import select
 import signal
 import socket
 import sys
@@ -28,6 +27,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from ..linux import libc, threadcg
+from ..linux.fdwait import readable
 from ..model.idranges import IdRanges
 from .errors import LaunchError, SetupError
 from .reaper import DEFAULT_REAPER, Reaper
@@ -112,7 +112,7 @@ class Container:
         except ChildProcessError:
             # Not our child (adopted after a restart): the pidfd says when it is gone
             # and the init's exit file says how.
-            if self.pidfd is not None and select.select([self.pidfd], [], [], 0)[0]:
+            if self.pidfd is not None and readable(self.pidfd):
                 self._status = self._recorded() or ExitStatus(255)
             return self._status
         if raw is None:
@@ -142,7 +142,7 @@ class Container:
             if left is not None and left <= 0:
                 raise TimeoutError(f"container {self.name} still running after {timeout}s")
             assert self.pidfd is not None
-            select.select([self.pidfd], [], [], left)
+            readable(self.pidfd, left)
 
     def close(self) -> None:
         if self._report is not None:
@@ -212,10 +212,10 @@ class Runtime:
         pidfd, self._zygote_pidfd = self._zygote_pidfd, -1
         if pidfd < 0:
             return  # retired already
-        if not select.select([pidfd], [], [], grace)[0]:  # still running
+        if not readable(pidfd, grace):  # still running
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            select.select([pidfd], [], [], 5.0)
+            readable(pidfd, 5.0)
         os.close(pidfd)
         with contextlib.suppress(ChildProcessError):
             self.reaper.collect(self._zygote_pid)
@@ -485,7 +485,7 @@ def drive(steps: Steps[T], timeout: float, name: str) -> T:
         sock = next(steps)
         while True:
             left = deadline - time.monotonic()
-            if left > 0 and select.select([sock], [], [], left)[0]:
+            if left > 0 and readable(sock.fileno(), left):
                 sock = steps.send(None)
             else:
                 sock = steps.throw(LaunchError(

@@ -64,10 +64,10 @@ import fcntl
 import json
 import os
 import resource
-import select
 import sys
 
 from ..linux import caps, libc, mountinfo
+from ..linux.fdwait import readable
 from .consts import NAMESPACES, NS_PROC_NAME
 
 TYPE_CHECKING = False
@@ -323,7 +323,7 @@ def _enter(request: dict, pidfd: int | None) -> int:
             raise _Fail(where, f"the pidfd passed along is process {owner}'s")
 
     def check_alive() -> None:
-        if select.select([pidfd], [], [], 0)[0]:
+        if readable(pidfd):
             raise _Fail(where, "has exited")
 
     check_alive()
@@ -467,7 +467,7 @@ def _child(request: dict, last_cap: int, parent_fd: int) -> NoReturn:
         # Our life is the enter process's: the daemon tracks it, not us. (After the
         # identity: a uid change clears the death signal.) Then: was it already gone?
         libc.prctl(libc.PR_SET_PDEATHSIG, _signal.SIGKILL)
-        if select.select([parent_fd], [], [], 0)[0]:
+        if readable(parent_fd):
             os._exit(EXIT_SETUP)
         libc.close_range_cloexec(3)  # only stdio reaches the command (CVE-2024-21626)
         env = dict(request["env"])
