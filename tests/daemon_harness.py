@@ -56,10 +56,13 @@ class Daemon:
             f'log_dir = "{self.log_dir}"\n'
             f'metrics_listen = "{metrics_listen}"\n\n' + containers.replace("{p}", self.prefix))
 
-    def start(self, *extra: str) -> subprocess.Popen:
+    def start(self, *extra: str, wrapper: tuple[str, ...] = ()) -> subprocess.Popen:
+        """Start nsvisord (``extra``: its options; ``wrapper``: a command that execs it,
+        e.g. ``prlimit ... --``, so that ``proc.pid`` is still the daemon's)."""
         err = open(self.stderr_path, "a")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.daemon.main", "-c", str(self.config), *extra],
+            [*wrapper, sys.executable, "-m", "supervisor.daemon.main", "-c", str(self.config),
+             *extra],
             stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         err.close()
         return self.proc

@@ -148,11 +148,6 @@ def test_sigkill_and_an_immediate_restart_do_not_race(daemon: Daemon) -> None:
     assert fork_server in _children(daemon.proc.pid)
 
 
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
-
-
 def _comm(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm") as f:
@@ -178,6 +173,29 @@ def test_more_containers_than_launch_slots_all_start_once(daemon: Daemon) -> Non
     first_wave = {daemon.name(f"s{i:02d}") for i in range(count - LAUNCH_SLOTS, count)}
     assert spawned[0] in first_wave
     assert spawned.index(daemon.name("s00")) >= count - LAUNCH_SLOTS
+    assert daemon.stop() == 0
+
+
+def test_more_containers_than_the_open_files_limit_allows(daemon: Daemon) -> None:
+    # Started with a soft limit of 64 open files (a service gets 1024), nsvisord needs 2
+    # per running container: it raises its own soft limit to the hard one, and its
+    # containers still get the 64 it was started with.
+    count = 40
+    daemon.write_config("".join(
+        f'[containers.{{p}}-f{i}]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+        for i in range(count)))
+    daemon.start(wrapper=("prlimit", "--nofile=64:4096", "--"))
+    wait_for(lambda: len([e for e in daemon.events("state") if e["new"] == "RUNNING"])
+             >= count, 60, f"{count} containers RUNNING")
+    assert not daemon.events("spawn failed")
+    with open(f"/proc/{daemon.proc.pid}/limits") as f:
+        assert [line.split()[3:5] for line in f if line.startswith("Max open files")] == \
+            [["4096", "4096"]]
+    init = daemon.state("f0")["pid"]
+    [workload] = wait_for(lambda: _children(init), 5, "the workload")
+    with open(f"/proc/{workload}/limits") as f:
+        assert [line.split()[3:5] for line in f if line.startswith("Max open files")] == \
+            [["64", "4096"]]
     assert daemon.stop() == 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import select
 import signal
 import socket
@@ -580,3 +581,53 @@ def test_init_is_born_in_its_v2_cgroup(runner: Runner, runtime: Runtime,
     with open(f"{v2_cgroup}/cgroup.procs") as f:
         assert {c.pid, workload} <= {int(p) for p in f.read().split()}
     assert _own_cgroups(runtime.fork_server_pid) == home
+
+
+def _open_files_limit_in_a_container(rt: Runtime, name: str) -> str:
+    r, w = os.pipe()
+    try:
+        c = rt.start(ContainerSpec(name=name, command=[
+            "/bin/sh", "-c", 'echo "$(ulimit -n) $(ulimit -Hn)"']), stdout=w)
+    finally:
+        os.close(w)
+    try:
+        out = read_until_eof(r, 10).decode().strip()
+        assert c.wait(10).exit_code == 0
+    finally:
+        os.close(r)
+        c.close()
+    return out
+
+
+def test_containers_keep_the_open_files_limit_the_runtime_was_made_with(
+        unique: callable) -> None:
+    # nsvisord raises its own limit once its runtime exists: its containers must not get
+    # the raised one, from the first fork server or from one that replaced it.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = 512 if soft == resource.RLIM_INFINITY else min(512, soft)
+    hard_text = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        rt = Runtime()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert _open_files_limit_in_a_container(rt, unique()) == f"{low} {hard_text}"
+        os.kill(rt.fork_server_pid, signal.SIGKILL)  # replaced, by a caller at `soft`
+        time.sleep(0.1)
+        assert _open_files_limit_in_a_container(rt, unique()) == f"{low} {hard_text}"
+    finally:
+        rt.close()
+
+
+def test_wait_and_poll_take_a_pidfd_above_1024(runner: Runner, high_fd: int) -> None:
+    # A daemon with ~500 containers holds pidfds that select() refuses.
+    c = runner.start(runner.spec(["/bin/sleep", "30"]))
+    os.dup2(c.pidfd, high_fd, inheritable=False)
+    os.close(c.pidfd)
+    c.pidfd = high_fd
+    with pytest.raises(TimeoutError):
+        c.wait(0.05)
+    c.kill()
+    assert c.wait(5).signal == signal.SIGKILL
+    c.close()  # before the fixture closes fd high_fd

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getopt
 import os
+import resource
 import signal
 import sys
 from typing import NamedTuple
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     signals = SignalReader()
     signals.open()  # before any thread exists, so every thread inherits the mask
     runtime = Runtime(reaper=DEFAULT_REAPER)
+    _raise_fd_limit()  # after the runtime: the containers keep the limit we were given
     try:
         anyio.run(_serve, config, runtime, DEFAULT_REAPER, _cgroups(), signals,
                   backend="asyncio")
@@ -120,6 +122,19 @@ def main(argv: list[str] | None = None) -> int:
         signals.close()
     log.info("exit")
     return 0
+
+
+def _raise_fd_limit() -> None:
+    """Raise our soft limit of open files to the hard one. nsvisord holds two per running
+    container (its pidfd and its exit file), and a service starts with 1024 (systemd's
+    default soft limit): too few for the thousand containers a host may run."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open files limit", soft=soft, hard=hard,
+                        error=str(e))
 
 
 def _cgroups() -> CgroupManager | None:

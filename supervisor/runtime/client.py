@@ -175,11 +175,17 @@ class Container:
 
 
 class Runtime:
-    """Starts containers through a fork server it owns. One per process is enough."""
+    """Starts containers through a fork server it owns. One per process is enough.
+
+    Containers get the open-file limit (RLIMIT_NOFILE) the caller had when it made the
+    runtime, unless their spec sets one: the caller may raise its own afterwards, as
+    nsvisord does, without its containers inheriting that.
+    """
 
     def __init__(self, *, reaper: Reaper = DEFAULT_REAPER, ids: IdRanges | None = None):
         self.reaper = reaper
         self.ids = ids or IdRanges(size=ID_RANGE_SIZE)
+        self._nofile = resource.getrlimit(resource.RLIMIT_NOFILE)  # for the containers
         self._lock = threading.Lock()
         libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
         self._control: socket.socket | None = None
@@ -205,6 +211,9 @@ class Runtime:
         theirs.close()
         self._control = ours
         self._zygote_pidfd = os.pidfd_open(self._zygote_pid)  # signalled safely later
+        if resource.getrlimit(resource.RLIMIT_NOFILE) != self._nofile:
+            # Before any request: it clones nothing until it has one.
+            resource.prlimit(self._zygote_pid, resource.RLIMIT_NOFILE, self._nofile)
 
     def _retire_fork_server(self, grace: float = 0.0) -> None:
         """Make sure the fork server is gone (SIGKILL after ``grace`` seconds), and reaped
