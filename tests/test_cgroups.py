@@ -382,10 +382,13 @@ def test_v2_parents_removed_behind_our_back_are_made_again(tree: Cgroup2Tree) ->
 def test_v2_unlimited_writes_max_and_reads_none(tree: Cgroup2Tree) -> None:
     cg = v2_manager(tree).create("free", Limits())
     fs = tree.fs
-    assert fs.writes_to("nsvisor/free/memory.max") == ["max"]
-    assert fs.writes_to("nsvisor/free/memory.swap.max") == ["max"]
-    assert fs.writes_to("nsvisor/free/cpu.max") == ["max 100000"]
-    assert fs.writes_to("nsvisor/free/pids.max") == ["max"]
+    files = ("memory.max", "memory.swap.max", "cpu.max", "pids.max")
+    # A new cgroup is unlimited already (the real v1 test reads that from the kernel).
+    assert [fs.writes_to(f"nsvisor/free/{f}") for f in files] == [[], [], [], []]
+    cg.set_limits(Limits(memory_bytes=64 * MiB, cpus=0.5, pids=10))
+    cg.set_limits(Limits())  # an existing cgroup is set back to unlimited
+    assert [fs.writes_to(f"nsvisor/free/{f}")[-1] for f in files] == \
+        ["max", "max", "max 100000", "max"]
     stats = cg.stats()
     assert stats.memory_limit_bytes is None
     assert stats.memory_usage_bytes == 0 and stats.processes == 0 and stats.oom_events == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -197,6 +198,33 @@ def test_more_containers_than_the_open_files_limit_allows(daemon: Daemon) -> Non
         assert [line.split()[3:5] for line in f if line.startswith("Max open files")] == \
             [["64", "4096"]]
     assert daemon.stop() == 0
+
+
+def test_a_leftover_cgroup_is_emptied_and_made_afresh(daemon: Daemon) -> None:
+    # A cgroup by the container's name with a process in it (left by a crash, say): the
+    # container's first start kills that process and starts in a cgroup of its own.
+    leftover = f"/sys/fs/cgroup/pids/nsvisor/{daemon.name('web')}"
+    if not os.path.isdir("/sys/fs/cgroup/pids"):
+        pytest.skip("needs the cgroup v1 pids hierarchy")
+    os.makedirs(leftover)
+    stray = subprocess.Popen(["/bin/sleep", "1000"])
+    try:
+        with open(f"{leftover}/cgroup.procs", "w") as f:
+            f.write(str(stray.pid))
+        daemon.write_config('[containers.{p}-web]\ncommand = ["/bin/sleep", "1000"]\n'
+                            'startsecs = 0\n')
+        daemon.start()
+        init = daemon.wait_state("web", "RUNNING")["pid"]
+        assert stray.wait(10) == -signal.SIGKILL
+        with open(f"{leftover}/cgroup.procs") as f:
+            assert init in [int(p) for p in f.read().split()]
+        assert daemon.stop() == 0
+        assert not os.path.exists(leftover)
+    finally:
+        stray.kill()
+        stray.wait(10)
+        with contextlib.suppress(OSError):
+            os.rmdir(leftover)
 
 
 def test_sigterm_while_containers_start_leaves_nothing(daemon: Daemon) -> None:

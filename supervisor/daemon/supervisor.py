@@ -10,6 +10,7 @@ in a cancel scope, a dependency becoming RUNNING wakes whoever waits for it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import time
@@ -492,13 +493,22 @@ class Supervisor:
         # The cgroup of the previous run is reused (it is empty: its processes died with
         # the init); anything else by that name is a leftover and dies here.
         cgroup = unit.cgroup
-        if cgroup is None or cgroup.pids():
-            stale = cgroup if cgroup is not None else self.cgroups.open(cfg.name)
-            if stale is not None:  # killing what is in it can take seconds: not on the loop
+        if cgroup is not None and not cgroup.pids():
+            unit.oom_baseline = cgroup.oom_kills() or 0
+            return cgroup
+        if cgroup is not None:  # killing what is in it can take seconds: not on the loop
+            await anyio.to_thread.run_sync(self._destroy_cgroup, cgroup)
+        try:
+            cgroup = self.cgroups.create(cfg.name, limits)
+        except CgroupError as e:
+            if e.errno != errno.EEXIST:
+                raise
+            stale = self.cgroups.open(cfg.name)  # a leftover: a crash, a removed daemon
+            if stale is not None:
                 await anyio.to_thread.run_sync(self._destroy_cgroup, stale)
             cgroup = self.cgroups.create(cfg.name, limits)
         unit.cgroup = cgroup
-        unit.oom_baseline = cgroup.oom_kills() or 0
+        unit.oom_baseline = 0  # a new cgroup
         return cgroup
 
     async def _abandon(self, unit: Unit, container: Container | None,

@@ -374,16 +374,19 @@ class Cgroup:
 
     # ----------------------------------------------------------------- limits
 
-    def set_limits(self, limits: Limits) -> None:
+    def set_limits(self, limits: Limits, *, fresh: bool = False) -> None:
         """Write memory, cpu and pids limits ("max"/-1 where unlimited).
 
         A limit whose controller is not available raises instead of being silently
-        skipped: a container the operator capped must not run uncapped.
+        skipped: a container the operator capped must not run uncapped. ``fresh``: the
+        cgroup was just made, and a new cgroup is unlimited, so only the limits that are
+        set are written (at a cold start, the writes of "unlimited" cost more than making
+        the cgroup).
         """
         if self.version == 2:
-            self._set_limits_v2(limits)
+            self._set_limits_v2(limits, fresh)
         else:
-            self._set_limits_v1(limits)
+            self._set_limits_v1(limits, fresh)
 
     def _require(self, controller: str, wanted: bool, probe: str) -> str | None:
         """Directory for ``controller`` if usable; raise if a limit needs it but it's absent."""
@@ -400,34 +403,42 @@ class Cgroup:
             )
         return None
 
-    def _set_limits_v2(self, limits: Limits) -> None:
-        d = self._require("memory", limits.memory_bytes is not None, "memory.max")
-        if d is not None:
-            self._write(os.path.join(d, "memory.max"), str(limits.memory_bytes or "max"))
-            swap = os.path.join(d, "memory.swap.max")
-            if self._fs.exists(swap):
-                # Without this, memory.max only forces pages out to swap: not a hard limit.
-                self._write(swap, "0" if limits.memory_bytes is not None else "max")
-        d = self._require("cpu", limits.cpus is not None, "cpu.max")
-        if d is not None:
-            quota = limits.cpu_quota_us()
-            self._write(os.path.join(d, "cpu.max"), f"{quota or 'max'} {CPU_PERIOD_US}")
-        d = self._require("pids", limits.pids is not None, "pids.max")
-        if d is not None:
-            self._write(os.path.join(d, "pids.max"), str(limits.pids or "max"))
+    def _set_limits_v2(self, limits: Limits, fresh: bool) -> None:
+        if not (fresh and limits.memory_bytes is None):
+            d = self._require("memory", limits.memory_bytes is not None, "memory.max")
+            if d is not None:
+                self._write(os.path.join(d, "memory.max"), str(limits.memory_bytes or "max"))
+                swap = os.path.join(d, "memory.swap.max")
+                if self._fs.exists(swap):
+                    # Without this, memory.max only forces pages out to swap: not a hard
+                    # limit.
+                    self._write(swap, "0" if limits.memory_bytes is not None else "max")
+        if not (fresh and limits.cpus is None):
+            d = self._require("cpu", limits.cpus is not None, "cpu.max")
+            if d is not None:
+                quota = limits.cpu_quota_us()
+                self._write(os.path.join(d, "cpu.max"), f"{quota or 'max'} {CPU_PERIOD_US}")
+        if not (fresh and limits.pids is None):
+            d = self._require("pids", limits.pids is not None, "pids.max")
+            if d is not None:
+                self._write(os.path.join(d, "pids.max"), str(limits.pids or "max"))
 
-    def _set_limits_v1(self, limits: Limits) -> None:
-        d = self._require("memory", limits.memory_bytes is not None, "memory.limit_in_bytes")
-        if d is not None:
-            self._set_memory_v1(d, limits.memory_bytes)
-        d = self._require("cpu", limits.cpus is not None, "cpu.cfs_quota_us")
-        if d is not None:
-            quota = limits.cpu_quota_us()
-            self._write(os.path.join(d, "cpu.cfs_period_us"), str(CPU_PERIOD_US))
-            self._write(os.path.join(d, "cpu.cfs_quota_us"), str(quota or -1))
-        d = self._require("pids", limits.pids is not None, "pids.max")
-        if d is not None:
-            self._write(os.path.join(d, "pids.max"), str(limits.pids or "max"))
+    def _set_limits_v1(self, limits: Limits, fresh: bool) -> None:
+        if not (fresh and limits.memory_bytes is None):
+            d = self._require("memory", limits.memory_bytes is not None,
+                              "memory.limit_in_bytes")
+            if d is not None:
+                self._set_memory_v1(d, limits.memory_bytes)
+        if not (fresh and limits.cpus is None):
+            d = self._require("cpu", limits.cpus is not None, "cpu.cfs_quota_us")
+            if d is not None:
+                quota = limits.cpu_quota_us()
+                self._write(os.path.join(d, "cpu.cfs_period_us"), str(CPU_PERIOD_US))
+                self._write(os.path.join(d, "cpu.cfs_quota_us"), str(quota or -1))
+        if not (fresh and limits.pids is None):
+            d = self._require("pids", limits.pids is not None, "pids.max")
+            if d is not None:
+                self._write(os.path.join(d, "pids.max"), str(limits.pids or "max"))
 
     def _set_memory_v1(self, d: str, memory_bytes: int | None) -> None:
         """Set limit_in_bytes and memsw (memory+swap) to the same value, so swap can't
@@ -737,7 +748,7 @@ class CgroupManager:
                 self._mkdir(leaf, exist_ok=False)
                 made.append(leaf)
             cgroup = self._cgroup(name, only_existing=False)
-            cgroup.set_limits(limits)
+            cgroup.set_limits(limits, fresh=True)
         except BaseException:
             for d in reversed(made):  # leaf dirs first, then parents we created
                 try:
