@@ -73,6 +73,26 @@ def test_hostname_is_the_containers_and_host_unchanged(runner: Runner) -> None:
     assert socket.gethostname() == before
 
 
+def test_a_host_rootfs_gets_its_own_etc(runner: Runner) -> None:
+    ran = runner.run(["/bin/sh", "-c",
+                      "stat -c '%n %a %s' /etc/hostname /etc/hosts /etc/passwd /etc/group "
+                      "/etc/resolv.conf; cat /etc/hostname /etc/hosts /etc/resolv.conf"],
+                     hostname="etc-host", extra_hosts=(("10.9.8.7", "db"),))
+    assert ran.status.exit_code == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    try:
+        with open("/etc/resolv.conf", "rb") as f:
+            resolv = f.read().decode()
+    except OSError:
+        resolv = ""
+    assert [line.split()[:2] for line in lines[:5]] == [
+        [f"/etc/{n}", "644"] for n in ("hostname", "hosts", "passwd", "group", "resolv.conf")]
+    assert lines[4].split()[2] == str(len(resolv.encode()))
+    assert ran.stdout.split("\n", 5)[5] == (
+        "etc-host\n127.0.0.1\tlocalhost etc-host\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n10.9.8.7\tdb\n" + resolv)
+
+
 def test_ipc_objects_are_invisible_to_other_containers(runner: Runner) -> None:
     r, w = os.pipe()
     a = runner.start(runner.spec(["/bin/sh", "-c", "ipcmk -M 4096 >/dev/null && ipcs -m "
