@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import resource
 import select
@@ -91,6 +92,20 @@ def test_a_host_rootfs_gets_its_own_etc(runner: Runner) -> None:
     assert ran.stdout.split("\n", 5)[5] == (
         "etc-host\n127.0.0.1\tlocalhost etc-host\n"
         "::1\tlocalhost ip6-localhost ip6-loopback\n10.9.8.7\tdb\n" + resolv)
+
+
+def test_a_host_rootfs_gets_the_hosts_loader_cache_read_only(runner: Runner) -> None:
+    # The host's libraries are the container's (its /usr), and so is their loader cache:
+    # without it, libraries in /etc/ld.so.conf.d directories are not found.
+    if not os.path.isfile("/etc/ld.so.cache"):
+        pytest.skip("this host has no /etc/ld.so.cache")
+    with open("/etc/ld.so.cache", "rb") as f:
+        host = hashlib.sha256(f.read()).hexdigest()
+    ran = runner.run(["/bin/sh", "-c",
+                      "sha256sum /etc/ld.so.cache; "
+                      "(: > /etc/ld.so.cache) 2>/dev/null || echo read-only"])
+    assert ran.status.exit_code == 0, ran.stderr
+    assert ran.stdout.split() == [host, "/etc/ld.so.cache", "read-only"]
 
 
 def test_ipc_objects_are_invisible_to_other_containers(runner: Runner) -> None:

@@ -43,6 +43,12 @@ if TYPE_CHECKING:  # the container side gets the spec as plain attributes, not t
 # the mount is only ever visible inside the container's own mount namespace.
 ROOT_STAGE = "/tmp"
 HOST_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# The dynamic linker's cache of the host's libraries, for a "host" rootfs: without it a
+# program's libraries are looked up by probing the default directories (~20 failed
+# lookups for one library), and those in directories listed in /etc/ld.so.conf.d are
+# not found at all.
+LD_SO_CACHE = "/etc/ld.so.cache"
+_LD_SO_CACHE_KEY = "host:" + LD_SO_CACHE  # not a path: a user mount may bind that one
 
 _STATVFS_FLAGS = (
     (os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
@@ -110,6 +116,10 @@ class Sources:
                     with step(f"open {path}"):
                         sources.fds[path] = libc.open_tree_clone(
                             path, recursive=not path.startswith("/dev/"))
+            if spec.rootfs == "host" and os.path.isfile(LD_SO_CACHE):
+                with step(f"open {LD_SO_CACHE}"):
+                    sources.fds[_LD_SO_CACHE_KEY] = libc.open_tree_clone(LD_SO_CACHE,
+                                                                         recursive=False)
         except BaseException:
             sources.close()
             raise
@@ -174,6 +184,13 @@ def _host_root(spec: ContainerSpec, sources: Sources) -> str:
         os.mkdir(f"{root}/{d}", mode)
         os.chmod(f"{root}/{d}", mode)  # mkdir's mode is cut by the umask
     _write_etc(f"{root}/etc", spec)
+    ld_cache = sources.fds.get(_LD_SO_CACHE_KEY)
+    if ld_cache is not None:
+        target = root + LD_SO_CACHE
+        with step(f"bind {LD_SO_CACHE} read-only"):
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             0o644))
+            _bind_fd(ld_cache, target, readonly=True)
     return root
 
 
@@ -239,7 +256,9 @@ def _mount_dev(root: str, spec: ContainerSpec, sources: Sources) -> None:
     # a bind works the same with or without one (bubblewrap's --dev).
     for name in DEVICES:
         target = f"{dev}/{name}"
-        _make_target(target, False)
+        with step(f"create mount point /dev/{name}"):  # in the fresh tmpfs: no checks
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             0o644))
         with step(f"bind /dev/{name}"):
             _bind_fd(sources.fds[f"/dev/{name}"], target, readonly=False, recursive=False)
     os.mkdir(f"{dev}/pts")
