@@ -36,24 +36,22 @@ import compileall
 import contextlib
 import glob
 import json
-import math
 import os
 import platform
 import secrets
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
+from benchlib import DEFAULT_SV_VENV, BenchError, ensure_supervisord, summarize
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.join(REPO, ".venv", "bin")
-SV_VERSION = "4.3.0"
-DEFAULT_SV_VENV = "/tmp/nsv-bench-supervisord-venv"
 WARMUP = 3
 TARGET_RATIO = 0.5
 START_TIMEOUT = 120.0
@@ -61,32 +59,7 @@ CMD_TIMEOUT = 60.0
 RUN = secrets.token_hex(2)
 
 
-class BenchError(RuntimeError):
-    pass
-
-
-def summarize(values: list[float]) -> dict:
-    ordered = sorted(values)
-    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-    return {"median": statistics.median(ordered), "p95": p95, "min": ordered[0],
-            "n": len(ordered)}
-
-
 # ---------------------------------------------------------------- set-up
-
-
-def ensure_supervisord(venv: str) -> str:
-    exe = os.path.join(venv, "bin", "supervisord")
-    if not os.path.exists(exe):
-        print(f"creating {venv}: pip install supervisor=={SV_VERSION}", file=sys.stderr)
-        base_python = getattr(sys, "_base_executable", sys.executable)
-        subprocess.run([base_python, "-m", "venv", venv], check=True, timeout=300)
-        subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q",
-                        f"supervisor=={SV_VERSION}"], check=True, timeout=600)
-    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
-    if out.stdout.strip() != SV_VERSION:
-        raise BenchError(f"{exe} is {out.stdout.strip()!r}, not {SV_VERSION}")
-    return out.stdout.strip()
 
 
 def compile_bytecode(sv_venv: str) -> list[str]:

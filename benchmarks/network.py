@@ -40,7 +40,6 @@ import secrets
 import shutil
 import signal
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -48,6 +47,8 @@ import tempfile
 import threading
 import time
 from typing import Any
+
+from benchlib import BenchError, reap_strays, summarize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -65,20 +66,7 @@ WARMUP = 3  # per kind, started first and not counted
 OUR_LINKS: set[str] = set()  # every bridge and host veth name this run may create
 
 
-class BenchError(RuntimeError):
-    pass
-
-
 # ---------------------------------------------------------------- statistics
-
-
-def summarize(values: list[float]) -> dict:
-    ordered = sorted(values)
-    if not ordered:
-        return {"n": 0}
-    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-    return {"median": statistics.median(ordered), "p95": p95, "min": ordered[0],
-            "max": ordered[-1], "n": len(ordered)}
 
 
 def iso_ts(text: str) -> float:
@@ -567,18 +555,6 @@ def repair(base: str, count: int, subnet: str) -> dict:
 
 
 # ---------------------------------------------------------------- cleanup checks
-
-
-def reap_strays() -> int:
-    count = 0
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return count
-        if pid == 0:
-            return count
-        count += 1
 
 
 def remove_cgroups() -> int:

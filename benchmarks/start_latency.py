@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import platform
 import shutil
@@ -31,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from benchlib import reap_strays, summarize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -47,13 +48,6 @@ CONTAINER_ID = f"nsvbench-{os.getpid()}"
 
 
 # ---------------------------------------------------------------- statistics
-
-
-def summarize(times_ms: list[float]) -> dict:
-    ordered = sorted(times_ms)
-    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-    return {"median": statistics.median(ordered), "p95": p95, "min": ordered[0],
-            "n": len(ordered)}
 
 
 def last_line(text: str) -> str:
@@ -300,19 +294,6 @@ def memory_tini() -> dict:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
                 p.wait(timeout=RUN_TIMEOUT)
-
-
-def reap_strays() -> int:
-    """Reap children nobody waited for (orphans adopted by us as a subreaper)."""
-    count = 0
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return count
-        if pid == 0:
-            return count
-        count += 1
 
 
 # ---------------------------------------------------------------- report

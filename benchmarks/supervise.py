@@ -56,9 +56,9 @@ import xmlrpc.client
 from collections.abc import Callable
 from typing import Any
 
+from benchlib import DEFAULT_SV_VENV, BenchError, ensure_supervisord
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SV_VERSION = "4.3.0"
-DEFAULT_SV_VENV = f"/var/tmp/nsvisor-bench/supervisor-{SV_VERSION}-venv"
 ALL_NS = ("mount", "uts", "ipc", "pid", "net", "user", "cgroup")
 CRASHES = 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -73,10 +73,6 @@ TARGET = {"cold": 1.0, "crash": 3.0, "rss": 1.0, "idle_cpu_pct": 0.5}
 SV_NOISE = ("running without any HTTP authentication checking",
             "(terminated by SIGKILL; not expected)", "received SIGTERM indicating exit request",
             "(terminated by SIGTERM)")
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 # ---------------------------------------------------------------- /proc
@@ -610,24 +606,6 @@ class Nsvisord(Contender):
 
 
 # ---------------------------------------------------------------- setup and report
-
-
-def ensure_supervisord(venv: str, quiet: bool) -> str:
-    exe = os.path.join(venv, "bin", "supervisord")
-    if not os.path.exists(exe):
-        if not quiet:
-            print(f"creating a venv for supervisord {SV_VERSION} at {venv} (pip install)",
-                  file=sys.stderr)
-        os.makedirs(os.path.dirname(venv), exist_ok=True)
-        subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300)
-        subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q",
-                        f"supervisor=={SV_VERSION}"], check=True, timeout=600,
-                       stdout=subprocess.DEVNULL if quiet else None)
-    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
-    version = out.stdout.strip()
-    if version != SV_VERSION:
-        raise BenchError(f"{exe} is version {version!r}, not {SV_VERSION}")
-    return version
 
 
 def run_contender(c: Contender, idle_secs: float, kill_init: bool,
