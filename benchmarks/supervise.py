@@ -25,7 +25,8 @@ the daemon's own view (supervisord's XML-RPC on its unix socket, nsvisord's stat
 supervisord is driven as a subprocess from its own venv (our package is also called
 ``supervisor``), created on first use at ``--sv-venv`` (outside the repo) with pip.
 nsvisor is byte-compiled first, as pip compiles supervisord; nsvisord keeps its state
-files under /run (a tmpfs, like its default ``state_dir``), its logs in the temp dir.
+files under /run, where its default ``state_dir`` is (a tmpfs on a systemd host; this
+VM's /run is on its root ext4), its logs in the temp dir.
 
 At the end every daemon is stopped with SIGTERM (SIGKILL after a timeout) and the run
 checks that nothing it started is left: processes (by pid and start time, by supervisord's
@@ -67,7 +68,7 @@ START_TIMEOUT = 180.0  # cold start of N programs
 RESTART_TIMEOUT = 10.0  # one crash to RUNNING
 STOP_TIMEOUT = 90.0  # graceful stop of a daemon and its N programs
 SETTLE = 11.0  # before the idle window: past any crash-test follow-up (cgroup rmdir retries 5 s)
-RUN_DIR = "/run"  # a tmpfs, as for nsvisord's default state_dir
+RUN_DIR = "/run"  # where nsvisord's default state_dir is
 TARGET = {"cold": 1.0, "crash": 3.0, "rss": 1.0, "idle_cpu_pct": 0.5}
 # supervisord's WARN/CRIT lines that this bench causes on purpose: not problems.
 SV_NOISE = ("running without any HTTP authentication checking",
@@ -764,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"bench{secrets.token_hex(2)}"
     compile_package()
     tmp = tempfile.mkdtemp(prefix=f"nsv-supervise-{prefix}-")
-    # nsvisord's state files where its default state_dir (/run/nsvisor) has them: a tmpfs.
+    # nsvisord's state files where its default state_dir (/run/nsvisor) has them.
     run_tmp = tempfile.mkdtemp(prefix=f"nsv-supervise-{prefix}-", dir=RUN_DIR)
     timeout = START_TIMEOUT + args.n * 0.2
     results: dict[str, Any] = {"n": args.n, "machine": info, "prefix": prefix,
