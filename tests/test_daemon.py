@@ -227,6 +227,44 @@ def test_a_leftover_cgroup_is_emptied_and_made_afresh(daemon: Daemon) -> None:
             os.rmdir(leftover)
 
 
+def test_a_full_state_dir_does_not_stop_supervision(daemon: Daemon) -> None:
+    # /run full: a state file that cannot be written is an error in the log, once, and
+    # supervision goes on (it used to end nsvisord with ENOSPC).
+    os.makedirs(daemon.state_dir)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", f"{daemon.prefix}-state",
+                    str(daemon.state_dir)], check=True, timeout=10)
+    try:
+        daemon.write_config('[containers.{p}-a]\ncommand = ["/bin/sleep", "1000"]\n'
+                            'startsecs = 0\n')
+        daemon.start()
+        daemon.wait_state("a", "RUNNING")
+        filler = daemon.state_dir / "filler"
+        with contextlib.suppress(OSError), open(filler, "wb") as f:
+            f.write(b"\0" * 128 * 1024)  # ENOSPC once the 64 KiB are used up
+        daemon.write_config('[containers.{p}-a]\ncommand = ["/bin/sleep", "1000"]\n'
+                            'startsecs = 0\n\n'
+                            '[containers.{p}-b]\ncommand = ["/bin/sleep", "1000"]\n'
+                            'startsecs = 0\n')
+        daemon.signal(signal.SIGHUP)
+        b = daemon.name("b")
+        wait_for(lambda: [e for e in daemon.events("state", "b") if e["new"] == "RUNNING"],
+                 10, "b RUNNING, its state file unwritable")
+        assert daemon.proc.poll() is None
+        failed = daemon.events("state file not written")
+        assert [e["path"] for e in failed] == [
+            str(daemon.state_dir / "containers" / f"{b}.json")]  # once, for b's file
+        assert "free space in state_dir" in failed[0]["hint"]
+        filler.unlink()
+        [spawned] = daemon.events("spawned", "b")
+        os.kill(_children(spawned["pid"])[0], signal.SIGKILL)  # a change to save, now it can
+        wait_for(lambda: daemon.events("state file written again"), 10, "b's file written")
+        daemon.wait_state("b", "RUNNING")  # its state file is written again
+        assert daemon.stop() == 0
+    finally:
+        daemon.cleanup()
+        subprocess.run(["umount", str(daemon.state_dir)], check=True, timeout=10)
+
+
 def test_sigterm_while_containers_start_leaves_nothing(daemon: Daemon) -> None:
     # A shutdown during the start wave: the launches in flight finish (or fail), those
     # queued for a slot too, and every container is stopped; no process or cgroup of

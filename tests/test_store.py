@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import structlog.testing
+
 from supervisor.daemon.store import StateStore
 
 
@@ -61,3 +63,20 @@ def test_remove_deletes_state_and_exit_files(tmp_path) -> None:
     store.remove("web")
     store.remove("web")  # twice is harmless
     assert os.listdir(store.dir) == []
+
+
+def test_a_state_file_that_cannot_be_written_is_logged_once_and_not_raised(
+        tmp_path) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state dir should be")
+    store = StateStore.__new__(StateStore)  # its dir cannot be made: a file is in the way
+    store.dir = str(blocker / "containers")
+    with structlog.testing.capture_logs() as logged:
+        assert store.save("web", {"pid": 1}) is False  # ENOTDIR: no exception
+        assert store.save("web", {"pid": 2}) is False
+        blocker.unlink()
+        assert store.save("web", {"pid": 3}) is True  # the dir is made again
+    assert store.load("web") == {"pid": 3}
+    assert [(e["event"], e["log_level"]) for e in logged] == [
+        ("state file not written", "error"), ("state file written again", "info")]
+    assert "free space in state_dir" in logged[0]["hint"]

@@ -26,6 +26,7 @@ from ..model.config import ContainerConfig
 from ..model.ipam import Ipam
 from ..model.networks import NetworkConfig, PortConfig, default_bridge_name
 from ..model.units import ConfigError
+from .store import write_state
 
 if TYPE_CHECKING:
     from ..linux.netwatch import LinkEvent
@@ -442,10 +443,7 @@ class NetworkManager:
     def _save(self) -> None:
         data: dict[str, Any] = {n: ipam.to_dict() for n, ipam in self.ipam.items()}
         data["_subnets"] = {n: net.subnet for n, net in self.networks.items()}
-        tmp = self.state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, self.state_path)
+        write_state(self.state_path, data)
 
 
 async def _pump(src: SocketStream, dst: SocketStream, tg: TaskGroup) -> None:

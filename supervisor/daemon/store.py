@@ -12,15 +12,25 @@ and deleting an inode on every state change cost more than the rest of a contain
 start on a busy journal-less ext4, which skips every inode deleted in the last 30 s when
 it allocates one. The daemon reads the files only when it starts, when nobody writes
 them; another reader (a test, a script) may catch one half rewritten and must retry.
+
+Every state file of the daemon (these and ``networks.json``) is written by
+:func:`write_state`. One that cannot be written (a full or read-only ``state_dir``) is
+logged as an error, once, and once more when it can be again; it does not end the daemon:
+supervision goes on, only a restarted nsvisord would find that file stale.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
 
+import structlog
+
+log = structlog.get_logger("nsvisord")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+_failing: set[str] = set()  # state files whose last write failed
 
 
 class StateStore:
@@ -35,40 +45,9 @@ class StateStore:
         """Where the container's init records its workload's exit status."""
         return self.path(name, ".exit")
 
-    def save(self, name: str, data: dict[str, Any]) -> None:
-        final = self.path(name)
-        text = json.dumps(data).encode()  # one write: this runs on every state change
-        if len(text) <= _PAGE and self._rewrite(final, text):
-            return
-        tmp = final + ".tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        try:
-            fd = os.open(tmp, flags, 0o600)
-        except FileNotFoundError:  # someone removed the state dir: make it again
-            os.makedirs(self.dir, mode=0o700, exist_ok=True)
-            fd = os.open(tmp, flags, 0o600)
-        try:
-            os.write(fd, text)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-
-    @staticmethod
-    def _rewrite(path: str, text: bytes) -> bool:
-        """Overwrite the file at ``path`` in place; False if there is none (or it is too
-        big to be rewritten in one page)."""
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        try:
-            size = os.fstat(fd).st_size
-            if size > _PAGE:
-                return False
-            os.pwrite(fd, text.ljust(size), 0)
-        finally:
-            os.close(fd)
-        return True
+    def save(self, name: str, data: dict[str, Any]) -> bool:
+        """Write the container's state; False (logged) if it could not be written."""
+        return write_state(self.path(name), data)
 
     def load(self, name: str) -> dict[str, Any] | None:
         try:
@@ -83,10 +62,71 @@ class StateStore:
 
     def remove(self, name: str) -> None:
         for suffix in (".json", ".exit"):
+            path = self.path(name, suffix)
             try:
-                os.unlink(self.path(name, suffix))
+                os.unlink(path)
             except FileNotFoundError:
                 pass
+            except OSError as e:  # a read-only state_dir: the file stays, stale
+                log.error("state file not removed", path=path, error=e.strerror or str(e))
+            _failing.discard(path)
+
+
+def write_state(path: str, data: Any) -> bool:
+    """Write ``data`` as JSON to the state file ``path`` (see the module's docstring);
+    False if it could not be written, which is logged as an error once per streak."""
+    try:
+        text = json.dumps(data).encode()  # one write: this runs on every state change
+        if not (len(text) <= _PAGE and _rewrite(path, text)):
+            _replace(path, text)
+    except OSError as e:
+        if path not in _failing:
+            _failing.add(path)
+            log.error("state file not written", path=path, error=e.strerror or str(e),
+                      hint="free space in state_dir (or make it writable); until then a "
+                           "restarted nsvisord finds this file stale")
+        return False
+    if path in _failing:
+        _failing.discard(path)
+        log.info("state file written again", path=path)
+    return True
+
+
+def _rewrite(path: str, text: bytes) -> bool:
+    """Overwrite the file at ``path`` in place; False if there is none (or it is too big
+    to be rewritten in one page)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        if size > _PAGE:
+            return False
+        os.pwrite(fd, text.ljust(size), 0)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _replace(path: str, text: bytes) -> None:
+    """Write a temporary file and rename it over ``path``."""
+    tmp = path + ".tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o600)
+    except FileNotFoundError:  # someone removed the state dir: make it again
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(tmp, flags, 0o600)
+    try:
+        os.write(fd, text)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
 
 
 def process_start_time(pid: int) -> int | None:
