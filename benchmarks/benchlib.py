@@ -31,16 +31,11 @@ def summarize(values: list[float]) -> dict:
 
 
 def reap_strays() -> int:
-    """Reap children nobody waited for (orphans adopted by us as a subreaper); how many."""
-    count = 0
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return count
-        if pid == 0:
-            return count
-        count += 1
+    """Reap children nobody waited for (orphans adopted by us as a subreaper); how many.
+    The callers have put the repository on ``sys.path``."""
+    from supervisor.runtime.reaper import Reaper  # the project's one waitpid loop
+
+    return len(Reaper().reap_all())
 
 
 def ensure_supervisord(venv: str = DEFAULT_SV_VENV, quiet: bool = False) -> str:
