@@ -62,6 +62,7 @@ _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 _SYS_CAPSET = {"x86_64": 126, "aarch64": 91}
 _SYS_SETNS = {"x86_64": 308, "aarch64": 268}
 _SYS_CLONE = {"x86_64": 56, "aarch64": 220}
+_SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134}
 _SYS_CLOSE_RANGE = 436  # the same on every architecture
 _SYS_CLONE3 = 435  # the same on every architecture
 CLONE_INTO_CGROUP = 0x200000000  # clone3 only (Linux >= 5.7)
@@ -220,6 +221,24 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     return _check(_libc.prctl(option, arg2, arg3, arg4, arg5))
 
 
+# glibc's internal signals (SIGCANCEL, SIGSETXID): not in valid_signals(), and glibc's
+# sigaction refuses them.
+GLIBC_INTERNAL_SIGNALS = (32, 33)
+_SigactionDefault = ctypes.c_ulong * 4  # handler SIG_DFL, flags, restorer, mask: all zero
+
+
+def default_internal_signals() -> None:
+    """Default dispositions for glibc's internal signals, through the raw syscall:
+    glibc's posix_spawn leaves them ignored in the child, and an ignored disposition
+    survives exec."""
+    number = _SYS_RT_SIGACTION.get(_MACHINE)
+    if number is None:
+        return
+    act = _SigactionDefault()
+    for sig in GLIBC_INTERNAL_SIGNALS:
+        _libc.syscall(number, ctypes.c_int(sig), ctypes.byref(act), None, ctypes.c_size_t(8))
+
+
 def set_process_name(name: str) -> None:
     """Name the calling thread (``ps -o comm``), as runc names its helper stages."""
     _check(_prctl_name(PR_SET_NAME, name.encode()[:15], 0, 0, 0))
@@ -275,7 +294,7 @@ class _CapData(ctypes.Structure):
 
 
 # Array types made once, at import: made at first use, they would be made again in each
-# container's init and setup process, forked from the fork server (~0.1 ms each).
+# container's init and workload process, forked from the fork server (~0.1 ms each).
 _CapDataPair = _CapData * 2
 _Sigset = ctypes.c_ulong * 16  # the kernel's sigset is 64 bits; glibc's is 1024
 

@@ -96,7 +96,7 @@ class Container:
         report, self._report = self._report, None
         try:
             report.send(json.dumps({"go": True}).encode())
-            self.workload_pid = yield from _report_of(report, self.spec, want="workload")
+            self.workload_pid = yield from _exec_of(report, self.spec)
         except BaseException as error:
             self._settle(error)
             raise
@@ -199,7 +199,7 @@ class Runtime:
             [sys.executable, "-S", "-c", _ZYGOTE_CODE, _PACKAGE_PARENT, str(theirs.fileno()),
              str(os.getpid())],
             # LD_BIND_NOW: the dynamic linker resolves every symbol now, once, instead of
-            # in each container's init and setup process, where the first call of a
+            # in each container's init and workload process, where the first call of a
             # libc function writes the GOT page and copies it (50 of ~1,100 page faults
             # per container).
             os.environ | {"PYTHONDONTWRITEBYTECODE": "1", "LD_BIND_NOW": "1"},
@@ -378,7 +378,7 @@ class Runtime:
             if spec.hold:
                 yield from _report_of(report, spec, want="created")
             else:
-                container.workload_pid = yield from _report_of(report, spec, want="workload")
+                container.workload_pid = yield from _exec_of(report, spec)
         except BaseException as error:
             report.close()
             if exit_fd >= 0:
@@ -468,22 +468,37 @@ def _prepare(pid: int, spec: ContainerSpec, log_fd: int, procs_files: list[str])
         raise LaunchError(f"{spec.name}: {e}", errno=e.errno, step=e.step) from None
 
 
-def _report_of(sock: socket.socket, spec: ContainerSpec, want: str,
+def _report_of(sock: socket.socket, spec: ContainerSpec, want: str | None,
                whole: bool = False) -> Steps[Any]:
     """Read report messages until ``want`` arrives (its value, or with ``whole`` the whole
-    message); LaunchError on an error or EOF."""
+    message), or with ``want`` None until the stream ends; LaunchError on an error, or
+    on an end before ``want``."""
     while True:
-        yield sock
-        data = sock.recv(65536)
+        try:  # the next message is often there already: no need to wait for the loop
+            data = sock.recv(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            yield sock
+            continue
         if not data:
+            if want is None:
+                return None
             raise LaunchError(f"{spec.name}: the launcher exited without reporting",
                               step="unknown")
         msg = json.loads(data)
         if "error" in msg:
             raise LaunchError(f"{spec.name}: {msg['error']}", errno=msg.get("errno", 0),
                               step=msg.get("step", ""), exit_code=msg.get("exit_code"))
-        if want in msg:
+        if want is not None and want in msg:
             return msg if whole else msg[want]
+
+
+def _exec_of(sock: socket.socket, spec: ContainerSpec) -> Steps[int]:
+    """The workload's pid (as its init sees it) once it was exec'd: the workload's
+    process reports "exec" and execs, which closes its end of ``sock`` (close-on-exec);
+    a failed exec reports the error instead."""
+    pid = yield from _report_of(sock, spec, want="exec")
+    yield from _report_of(sock, spec, want=None)
+    return pid
 
 
 def drive(steps: Steps[T], timeout: float, name: str) -> T:

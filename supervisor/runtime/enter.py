@@ -40,9 +40,8 @@ What the process does, in order:
 Import set: this runs under ``python -S`` for every exec, so it imports only ``os``,
 ``json``, C modules and the container-side ``libc``/``caps``/``consts`` - all at the top:
 after the chroot the host's standard library is out of reach, so nothing may be imported
-lazily past that point (``os.execvpe`` would: hence :func:`_execvpe`). It carries its own
-small copy of :mod:`.init`'s ``_set_identity`` rather than importing that module, which
-belongs to the fork server and may change shape with it.
+lazily past that point (``os.execvpe`` would: hence :func:`.become.execvpe`, shared with
+the workload's own process, as is the identity it takes).
 
 The request (JSON)::
 
@@ -58,7 +57,6 @@ exec's).
 from __future__ import annotations
 
 import _signal
-import ctypes
 import errno
 import fcntl
 import json
@@ -68,14 +66,12 @@ import sys
 
 from ..linux import caps, libc, mountinfo
 from ..linux.fdwait import readable
+from .become import DEFAULT_PATH, default_signals, execvpe, set_identity
 from .consts import NAMESPACES, NS_PROC_NAME
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NoReturn
-
-# The same default as supervisor.runtime.init (copied: see the module docstring).
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 EXIT_SETUP = 125  # entering the container failed (as docker exec / runc)
 EXIT_NOT_EXECUTABLE = 126
@@ -461,7 +457,8 @@ def _child(request: dict, last_cap: int, parent_fd: int) -> NoReturn:
                 fcntl.ioctl(0, _TIOCSCTTY, 0)
         with _Step("take the workload's identity"):
             caps.limit_bounding_set(caps.mask(request["capabilities"]), last_cap)
-            _set_identity(request)
+            set_identity(request["capabilities"], request["groups"], request["uid"],
+                         request["gid"], request["no_new_privs"])
         with _Step(f"chdir {request['workdir']}"):
             os.chdir(request["workdir"])
         # Our life is the enter process's: the daemon tracks it, not us. (After the
@@ -472,12 +469,7 @@ def _child(request: dict, last_cap: int, parent_fd: int) -> NoReturn:
         libc.close_range_cloexec(3)  # only stdio reaches the command (CVE-2024-21626)
         env = dict(request["env"])
         env.setdefault("PATH", DEFAULT_PATH)
-        for sig in _signal.valid_signals() - _UNCATCHABLE:
-            try:
-                _signal.signal(sig, _signal.SIG_DFL)
-            except (OSError, ValueError):
-                pass
-        _reset_internal_signals()
+        default_signals()
     except _Fail as e:
         _say(str(e))
         os._exit(EXIT_SETUP)
@@ -487,67 +479,13 @@ def _child(request: dict, last_cap: int, parent_fd: int) -> NoReturn:
     # Signals the parent forwarded meanwhile are delivered here, with default actions.
     _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
     try:
-        _execvpe(command, env)
+        execvpe(command, env)
     except OSError as e:
         _say(f"{command[0]}: {e.strerror}")
         os._exit(EXIT_NOT_FOUND if e.errno == errno.ENOENT else EXIT_NOT_EXECUTABLE)
     except BaseException as e:  # noqa: BLE001
         _say(f"{command[0]}: {e!r}")
         os._exit(EXIT_NOT_EXECUTABLE)
-
-
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134}
-_GLIBC_INTERNAL = (32, 33)  # SIGCANCEL, SIGSETXID: not in valid_signals()
-
-
-def _reset_internal_signals() -> None:
-    """Default dispositions for glibc's internal signals, which its posix_spawn leaves
-    ignored in the enter process (and an ignored disposition survives exec). glibc's
-    ``sigaction`` refuses them: the raw syscall does not."""
-    act = (ctypes.c_ulong * 4)()  # handler SIG_DFL, flags, restorer, mask: all zero
-    number = _SYS_RT_SIGACTION.get(os.uname().machine)
-    if number is None:
-        return
-    for sig in _GLIBC_INTERNAL:
-        _LIBC.syscall(number, ctypes.c_int(sig), ctypes.byref(act), None, ctypes.c_size_t(8))
-
-
-# What glibc's execvp skips to try the next PATH entry (EACCES is remembered).
-_EXEC_NEXT = {errno.ENOENT, errno.ENOTDIR, errno.ESTALE, errno.ENODEV, errno.ETIMEDOUT}
-
-
-def _execvpe(command: list[str], env: dict[str, str]) -> NoReturn:
-    """execvp's search in ``env``'s PATH. Not ``os.execvpe``: it imports ``warnings``
-    lazily, and after the chroot the host's standard library is out of reach."""
-    name = command[0]
-    if "/" in name:
-        os.execve(name, command, env)
-    denied = last = None
-    for directory in env["PATH"].split(":"):
-        try:
-            os.execve(f"{directory or '.'}/{name}", command, env)
-        except OSError as e:
-            if e.errno == errno.EACCES:
-                denied = e
-            elif e.errno not in _EXEC_NEXT:
-                raise
-            last = e
-    raise denied or last or OSError(errno.ENOENT, os.strerror(errno.ENOENT), name)
-
-
-def _set_identity(r: dict) -> None:
-    """The workload's identity, as supervisor.runtime.init._set_identity gives it."""
-    keep = caps.mask(r["capabilities"])
-    libc.prctl(libc.PR_SET_KEEPCAPS, 1)
-    os.setgroups(list(r["groups"]))
-    os.setresgid(r["gid"], r["gid"], r["gid"])
-    os.setresuid(r["uid"], r["uid"], r["uid"])
-    libc.prctl(libc.PR_SET_KEEPCAPS, 0)
-    libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
-    libc.capset(effective=keep, permitted=keep, inheritable=0)
-    if r["no_new_privs"]:
-        libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
 
 
 def _supervise(child: int) -> int:

@@ -1,4 +1,4 @@
-"""The container's pid-1 init (the catatonit pattern) and the spawn of its workload.
+"""The container's pid-1 init (the catatonit pattern).
 
 The init blocks every signal it can and reads them from a signalfd: the kernel never
 drops a *blocked* signal, even for a namespace's pid 1, so nothing is lost between
@@ -20,14 +20,13 @@ import os
 import select
 import time
 
-from ..linux import caps, libc
+from ..linux import libc
 
 # Synchronous faults stay unblocked: blocking them would hang the process (tini, catatonit).
 _FAULTS = {_signal.SIGFPE, _signal.SIGILL, _signal.SIGSEGV, _signal.SIGBUS, _signal.SIGABRT,
            _signal.SIGTRAP, _signal.SIGSYS}
 _IGNORED = {_signal.SIGTSTP, _signal.SIGTTIN, _signal.SIGTTOU}
 _UNCATCHABLE = {_signal.SIGKILL, _signal.SIGSTOP}
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def block_signals() -> int:
@@ -39,46 +38,6 @@ def block_signals() -> int:
     return libc.signalfd(blocked, libc.SFD_CLOEXEC)
 
 
-def spawn_workload(spec, stdio: tuple[int, int, int]) -> int:
-    """Take the workload's identity and spawn it; return its pid (raises OSError).
-
-    Runs in the short-lived setup process, which takes the identity (uid, gid, groups,
-    capabilities, no_new_privs, working directory) and then ``posix_spawn``s the
-    workload: a vfork, not a copy-on-write fork of this Python process.
-    """
-    _set_identity(spec)
-    libc.prctl(libc.PR_SET_DUMPABLE, 0)  # a uid change resets it
-    env = _environment(spec)
-    os.chdir(spec.workdir)
-    os.environ["PATH"] = env["PATH"]  # posix_spawnp searches the caller's PATH
-    # Every fd >= 3 is close-on-exec: only stdio reaches the workload (CVE-2024-21626).
-    libc.close_range_cloexec(3)
-    actions = [(os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(stdio)]
-    return os.posix_spawnp(
-        spec.command[0], spec.command, env, file_actions=actions, setsid=True,
-        setsigmask=(), setsigdef=_signal.valid_signals() - _UNCATCHABLE)
-
-
-def _set_identity(spec) -> None:
-    keep = caps.mask(spec.capabilities)
-    libc.prctl(libc.PR_SET_KEEPCAPS, 1)
-    os.setgroups(list(spec.groups))
-    os.setresgid(spec.gid, spec.gid, spec.gid)
-    os.setresuid(spec.uid, spec.uid, spec.uid)
-    libc.prctl(libc.PR_SET_KEEPCAPS, 0)
-    libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
-    libc.capset(effective=keep, permitted=keep, inheritable=0)
-    if spec.no_new_privs:
-        libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
-
-
-def _environment(spec) -> dict[str, str]:
-    env = {"PATH": DEFAULT_PATH, "HOSTNAME": spec.effective_hostname,
-           "HOME": "/root" if spec.uid == 0 else "/"}
-    env.update(spec.env)
-    return env
-
-
 def exit_record(exit_code: int, signal: int | None, finished_at: float) -> bytes:
     """The exit file's content: one JSON line, read back by ``status.parse_exit_record``."""
     sig = "null" if signal is None else str(signal)
@@ -87,9 +46,9 @@ def exit_record(exit_code: int, signal: int | None, finished_at: float) -> bytes
 
 
 class Init:
-    """The init's loop, once the setup process has spawned the workload."""
+    """The init's loop, from the fork of the workload's process to the init's exit."""
 
-    def __init__(self, workload: int | None, sfd: int, exit_fd: int | None, spec,
+    def __init__(self, workload: int, sfd: int, exit_fd: int | None, spec,
                  logs=None) -> None:
         self.workload = workload
         self.sfd = sfd
@@ -102,12 +61,6 @@ class Init:
         self.kill_at: float | None = None
 
     def run(self):
-        if self.workload is None:  # no workload: wait for the exiting setup process
-            while True:
-                try:
-                    os.waitpid(-1, 0)
-                except ChildProcessError:
-                    self._exit()
         poller = select.poll()
         poller.register(self.sfd, select.POLLIN)
         streams = self.logs.by_fd() if self.logs is not None else {}
@@ -159,9 +112,6 @@ class Init:
                 return True
             if pid == self.workload and self.exit_code is None:
                 self._workload_exited(wait_status)
-
-    def spawn_failed(self, exit_code: int) -> None:
-        self._record(exit_code, None)
 
     def _workload_exited(self, wait_status: int) -> None:
         if os.WIFSIGNALED(wait_status):

@@ -1,4 +1,4 @@
-"""The container's init, from its birth to its loop, and the setup process it forks.
+"""The container's init, from its birth to its loop, and its workload's process.
 
 The fork server clones the init with ``CLONE_PARENT`` and the namespace flags (runc's
 ``clone_parent``): it is born in its new namespaces, as pid 1 of its PID namespace, and
@@ -8,14 +8,15 @@ learns its exact exit status. The init (pid 1) then:
   its id maps, until the caller sends the spec (``marshal``, the trusted direction);
   blocks signals into a signalfd; becomes root of its user namespace; unshares the cgroup
   namespace; cuts the capability bounding set; opens the log files; and forks the
-  **setup process** S, in the same namespaces.
-S does the heavy part - builds the filesystem and pivots (``pivot_root`` moves the root
+  **workload's process** W, in the same namespaces.
+W does the heavy part - builds the filesystem and pivots (``pivot_root`` moves the root
 and cwd of every process of the mount namespace, pid 1 included), sets the hostname,
-optionally waits for the caller's "go", takes the workload's identity and spawns it -,
-tells pid 1 the workload's pid, reports "ready" (or the error) to the caller and exits.
-The workload, orphaned, is reparented to pid 1, which keeps only CAP_KILL and runs its
-signal/reap/log loop. What S touched dies with S: an idle init's memory stays shared
-with the fork server.
+optionally waits for the caller's "go", takes the workload's identity, reports "exec"
+(or the error) to the caller and execs the workload: its report socket closes on exec,
+so the caller learns that the exec worked from the end of the stream. pid 1 keeps only
+CAP_KILL and runs its signal/reap/log loop with W as the workload from the start. What
+W touched is dropped by its exec: an idle init's memory stays shared with the fork
+server.
 
 Reports go over one SOCK_SEQPACKET socket, one JSON message per packet (written by
 :mod:`.wire`). A failure is reported as ``{"error": "<step>: <reason>"}`` and the init
@@ -24,18 +25,24 @@ exits: its mounts and namespaces die with it, so nothing is left on the host.
 
 from __future__ import annotations
 
+import _signal
 import errno
 import marshal
 import os
 
 from ..linux import caps, libc
 from . import rootfs
+from .become import DEFAULT_PATH, default_signals, execvpe, set_identity
 from .errors import SetupError, step
-from .init import Init, block_signals, spawn_workload
+from .init import Init, block_signals
 from .logs import Logs
 from .wire import encode
 
 _CAP_KILL = 1 << caps.CAPABILITIES["KILL"]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 class _Attrs:
@@ -110,12 +117,9 @@ def run_init(fds: dict[str, int], last_cap: int):
                 logs = Logs(fds["logdir"], spec.name, spec.log.max_bytes, spec.log.backups,
                             spec.log.merge)
             stdio = (fds["stdin"], *logs.stdio())
-        result_r, result_w = os.pipe2(os.O_CLOEXEC)
-        setup_pid = os.fork()
-        if setup_pid == 0:
-            os.close(result_r)
-            _setup(spec, fds, stdio, result_w)
-        os.close(result_w)
+        workload = os.fork()
+        if workload == 0:
+            _workload_process(spec, fds, stdio)
         if logs is not None:
             logs.close_write_ends()
         for name, fd in fds.items():
@@ -126,23 +130,15 @@ def run_init(fds: dict[str, int], last_cap: int):
         libc.capset(effective=_CAP_KILL, permitted=_CAP_KILL, inheritable=0)
     except BaseException as e:  # noqa: BLE001
         fail(report, e)
-    result = os.read(result_r, 64)  # S writes "pid N" or "exit N", or dies
-    os.close(result_r)
-    init = Init(None, sfd, fds.get("exit"), spec, logs)
-    if result.startswith(b"pid "):
-        init.workload = int(result[4:])
-    elif result.startswith(b"exit "):
-        init.spawn_failed(int(result[5:]))
-    else:
-        init.exit_code = 1  # the setup failed and reported why
-    init.run()
+    Init(workload, sfd, fds.get("exit"), spec, logs).run()
 
 
-def _setup(spec, fds: dict[str, int], stdio: tuple[int, int, int], to_init: int):
-    """The setup process S: the filesystem, the hostname, the workload; then exit."""
+def _workload_process(spec, fds: dict[str, int], stdio: tuple[int, int, int]):
+    """The workload's process before its exec: the filesystem, the hostname, the exec."""
     report = fds["report"]
     try:
         libc.set_process_name("nsv-setup")
+        os.setsid()  # first: the init may signal the workload's group from now on
         if "mount" in spec.namespaces:
             sources = rootfs.Sources({name[4:]: fd for name, fd in fds.items()
                                       if name.startswith("src:")})
@@ -160,16 +156,43 @@ def _setup(spec, fds: dict[str, int], stdio: tuple[int, int, int], to_init: int)
             if b'"go"' not in os.read(report, 65536):
                 os._exit(1)  # the caller gave up on us
         try:
-            workload = spawn_workload(spec, stdio)
-        except OSError as e:
+            _exec(spec, stdio, report)
+        except OSError as e:  # the init records this process's exit as the workload's
             code = 127 if e.errno == errno.ENOENT else 126
-            os.write(to_init, b"exit %d" % code)
             send(report, error=f"exec {spec.command[0]}: {e.strerror} "
                                f"({errno.errorcode.get(e.errno or 0, '')})",
                  errno=e.errno or 0, step="exec", exit_code=code)
-            os._exit(1)
-        os.write(to_init, b"pid %d" % workload)
-        send(report, ready=True, workload=workload)
+            os._exit(code)
     except BaseException as e:  # noqa: BLE001
         fail(report, e)
-    os._exit(0)
+
+
+def _exec(spec, stdio: tuple[int, int, int], report: int) -> NoReturn:
+    """Take the workload's identity, report "exec" and exec; returns only by raising
+    OSError: the identity (uid, gid, groups, capabilities, no_new_privs, working
+    directory), ``stdio`` on fds 0-2, and the signal dispositions and mask a program
+    expects."""
+    set_identity(spec.capabilities, spec.groups, spec.uid, spec.gid, spec.no_new_privs)
+    libc.prctl(libc.PR_SET_DUMPABLE, 0)  # a uid change resets it
+    env = _environment(spec)
+    os.chdir(spec.workdir)
+    for i, fd in enumerate(stdio):
+        if fd == i:
+            os.set_inheritable(i, True)
+        else:
+            os.dup2(fd, i)
+    # Every fd >= 3 is close-on-exec: only stdio reaches the workload (CVE-2024-21626).
+    libc.close_range_cloexec(3)
+    default_signals()
+    send(report, exec=os.getpid())
+    # Unblocked last: a signal the init forwarded during the setup is pending, and now
+    # ends this process (default dispositions) or reaches the workload.
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+    execvpe(spec.command, env)
+
+
+def _environment(spec) -> dict[str, str]:
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": spec.effective_hostname,
+           "HOME": "/root" if spec.uid == 0 else "/"}
+    env.update(spec.env)
+    return env

@@ -6,7 +6,7 @@
 4. ``pivot_root(".", ".")`` and detach the old root — never chroot alone;
 5. read-only and masked paths, then an optional read-only root.
 
-Runs in the container's short-lived setup process before the workload exists. Bind sources
+Runs in the workload's own process, before its exec. Bind sources
 are opened as detached mount trees (``open_tree``) by the caller, as host root, before the
 init is cloned (a user namespace's root could not traverse a 0700 host directory), and
 attached with ``move_mount``, so a mount cannot be redirected by what happens to the
