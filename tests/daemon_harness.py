@@ -56,14 +56,16 @@ class Daemon:
             f'log_dir = "{self.log_dir}"\n'
             f'metrics_listen = "{metrics_listen}"\n\n' + containers.replace("{p}", self.prefix))
 
-    def start(self, *extra: str, wrapper: tuple[str, ...] = ()) -> subprocess.Popen:
+    def start(self, *extra: str, wrapper: tuple[str, ...] = (),
+              stderr: int | None = None) -> subprocess.Popen:
         """Start nsvisord (``extra``: its options; ``wrapper``: a command that execs it,
-        e.g. ``prlimit ... --``, so that ``proc.pid`` is still the daemon's)."""
+        e.g. ``prlimit ... --``, so that ``proc.pid`` is still the daemon's; ``stderr``:
+        an fd for its log instead of the file :meth:`events` reads)."""
         err = open(self.stderr_path, "a")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(
             [*wrapper, sys.executable, "-m", "supervisor.daemon.main", "-c", str(self.config),
              *extra],
-            stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+            stdin=subprocess.DEVNULL, stdout=err, stderr=err if stderr is None else stderr)
         err.close()
         return self.proc
 

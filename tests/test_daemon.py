@@ -417,6 +417,31 @@ def test_sigusr2_reopens_the_log_file(daemon: Daemon, tmp_path: Path) -> None:
     assert '"all stopped"' not in rotated.read_text()
 
 
+def test_a_log_reader_that_goes_away_does_not_stop_supervision(daemon: Daemon) -> None:
+    # `nsvisord | head`, a journal that died: every later log line meets EPIPE. It used
+    # to end nsvisord at its next line, leaving the containers unsupervised.
+    daemon.write_config('[containers.{p}-a]\ncommand = ["/bin/sleep", "1000"]\n'
+                        'startsecs = 0\nrestart = "always"\n'
+                        'backoff = { initial = "1ms", factor = 1.0, max = "1ms" }\n')
+    r, w = os.pipe()
+    try:
+        daemon.start(stderr=w)
+    finally:
+        os.close(w)
+    first = daemon.wait_state("a", "RUNNING")
+    os.close(r)  # the reader goes away
+    os.kill(_children(first["pid"])[0], signal.SIGKILL)  # logged: exited, state changes
+    again = wait_for(lambda: (st := daemon.state("a")).get("state") == "RUNNING"
+                     and st.get("pid") != first["pid"] and st, 10, "a restart")
+    assert daemon.proc.poll() is None
+    assert daemon.stop() == 0  # a graceful stop, every line of it into the broken pipe
+    assert not alive(first["pid"]) and not alive(again["pid"])
+    cgroups = [p for root in ("/sys/fs/cgroup/pids/nsvisor", "/sys/fs/cgroup/nsvisor")
+               if os.path.isdir(root) for p in os.listdir(root)
+               if p.startswith(daemon.prefix + "-")]
+    assert cgroups == []
+
+
 def test_limits_apply_and_an_oom_kill_is_recognised(daemon: Daemon) -> None:
     daemon.write_config(
         '[containers.{p}-hog]\n'

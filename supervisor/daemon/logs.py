@@ -8,41 +8,62 @@ logrotate can move it away (the same contract as supervisord's SIGUSR2).
 from __future__ import annotations
 
 import logging
-import sys
-from typing import TextIO
+import os
 
 
-class ReopenableFile:
-    """A line-buffered append-only file that can be reopened at the same path."""
+class LogSink:
+    """Where the daemon's log lines go: stderr, or a file appended to and reopened at the
+    same path (SIGUSR2). One ``write`` per line, straight to the fd: nothing is buffered,
+    so nothing is half written or written twice.
 
-    def __init__(self, path: str) -> None:
+    A line that cannot be written (the reader of a pipe went away, the disk is full) is
+    dropped and counted, never raised: the daemon's own log must not stop it supervising
+    (Python's logging module makes the same choice).
+    """
+
+    def __init__(self, path: str | None = None) -> None:
         self.path = path
-        self._file: TextIO = open(path, "a", buffering=1)  # noqa: SIM115
+        self.fd = 2 if path is None else self._open(path)
+        self.dropped = 0
+
+    @staticmethod
+    def _open(path: str) -> int:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     def write(self, text: str) -> int:
-        return self._file.write(text)
+        data = memoryview(text.encode(errors="backslashreplace"))
+        try:
+            while data:  # a pipe may take a long line in parts
+                data = data[os.write(self.fd, data):]
+        except OSError:
+            self.dropped += 1
+        return len(text)
 
     def flush(self) -> None:
-        self._file.flush()
+        pass
 
     def isatty(self) -> bool:
-        return False
+        return os.isatty(self.fd)
 
-    def reopen(self) -> None:
-        new = open(self.path, "a", buffering=1)  # noqa: SIM115
-        old, self._file = self._file, new
-        old.close()
+    def reopen(self) -> bool:
+        """Reopen the log file at its path (after logrotate moved it); False for stderr."""
+        if self.path is None:
+            return False
+        new = self._open(self.path)
+        old, self.fd = self.fd, new
+        os.close(old)
+        return True
 
 
-_output: TextIO | ReopenableFile = sys.stderr
+_sink = LogSink()
 
 
 def configure(level: str = "info", log_file: str | None = None) -> None:
     import structlog  # here, so the module is cheap to import for reopen()
 
-    global _output
-    _output = ReopenableFile(log_file) if log_file else sys.stderr
-    renderer = (structlog.dev.ConsoleRenderer() if _output.isatty()
+    global _sink
+    _sink = LogSink(log_file)
+    renderer = (structlog.dev.ConsoleRenderer() if _sink.isatty()
                 else structlog.processors.JSONRenderer())
     structlog.configure(
         processors=[
@@ -53,14 +74,11 @@ def configure(level: str = "info", log_file: str | None = None) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.WriteLoggerFactory(_output),  # a line, one write
+        logger_factory=structlog.WriteLoggerFactory(_sink),  # type: ignore[arg-type]  # file-like
         cache_logger_on_first_use=True,
     )
 
 
 def reopen() -> bool:
     """Reopen the log file (SIGUSR2); False when logging to stderr."""
-    if isinstance(_output, ReopenableFile):
-        _output.reopen()
-        return True
-    return False
+    return _sink.reopen()
