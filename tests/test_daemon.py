@@ -7,9 +7,11 @@ import datetime
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -420,9 +422,13 @@ def test_sigusr2_reopens_the_log_file(daemon: Daemon, tmp_path: Path) -> None:
 def test_a_log_reader_that_goes_away_does_not_stop_supervision(daemon: Daemon) -> None:
     # `nsvisord | head`, a journal that died: every later log line meets EPIPE. It used
     # to end nsvisord at its next line, leaving the containers unsupervised.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     daemon.write_config('[containers.{p}-a]\ncommand = ["/bin/sleep", "1000"]\n'
                         'startsecs = 0\nrestart = "always"\n'
-                        'backoff = { initial = "1ms", factor = 1.0, max = "1ms" }\n')
+                        'backoff = { initial = "1ms", factor = 1.0, max = "1ms" }\n',
+                        metrics_listen=f"127.0.0.1:{port}")
     r, w = os.pipe()
     try:
         daemon.start(stderr=w)
@@ -434,6 +440,10 @@ def test_a_log_reader_that_goes_away_does_not_stop_supervision(daemon: Daemon) -
     again = wait_for(lambda: (st := daemon.state("a")).get("state") == "RUNNING"
                      and st.get("pid") != first["pid"] and st, 10, "a restart")
     assert daemon.proc.poll() is None
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        dropped = [line for line in resp.read().decode().splitlines()
+                   if line.startswith("nsvisor_log_lines_dropped_total ")]
+    assert len(dropped) == 1 and float(dropped[0].split()[1]) >= 3  # exited, 2 states
     assert daemon.stop() == 0  # a graceful stop, every line of it into the broken pipe
     assert not alive(first["pid"]) and not alive(again["pid"])
     cgroups = [p for root in ("/sys/fs/cgroup/pids/nsvisor", "/sys/fs/cgroup/nsvisor")

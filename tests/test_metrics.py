@@ -51,6 +51,7 @@ CORE = {
     "nsvisor_netlink_resyncs_total": set(),
     "nsvisor_reaped_total": set(),
     "nsvisor_signals_forwarded_total": set(),
+    "nsvisor_log_lines_dropped_total": set(),
     "nsvisor_scrape_duration_seconds": set(),
     "nsvisor_container_start_duration_seconds_count": set(),
     "nsvisor_container_start_duration_seconds_sum": set(),
@@ -272,6 +273,7 @@ def test_every_family_with_labels_and_sane_values(daemon: Daemon) -> None:
     # core counters
     assert second.one("nsvisor_reaped_total") >= 1  # the exited one
     assert second.one("nsvisor_signals_forwarded_total") == 0
+    assert second.one("nsvisor_log_lines_dropped_total") == 0
     assert second.one("nsvisor_netlink_resyncs_total") == 0
     assert second.one("nsvisor_netlink_events_total", event="link_down") == 0
     for c in (busy, idle):

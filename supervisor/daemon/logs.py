@@ -79,6 +79,11 @@ def configure(level: str = "info", log_file: str | None = None) -> None:
     )
 
 
+def dropped() -> int:
+    """How many log lines could not be written (a metric)."""
+    return _sink.dropped
+
+
 def reopen() -> bool:
     """Reopen the log file (SIGUSR2); False when logging to stderr."""
     return _sink.reopen()

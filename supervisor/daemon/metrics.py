@@ -16,7 +16,8 @@ stale on the next scrape). Families:
   ``start_duration_seconds`` histogram;
 - the daemon: ``nsvisor_link_up``, ``nsvisor_netlink_events_total``,
   ``nsvisor_netlink_resyncs_total``, ``nsvisor_reaped_total``,
-  ``nsvisor_signals_forwarded_total``, ``nsvisor_scrape_duration_seconds``, and the client
+  ``nsvisor_signals_forwarded_total``, ``nsvisor_log_lines_dropped_total`` (the daemon's
+  own log lines it could not write), ``nsvisor_scrape_duration_seconds``, and the client
   library's ``process_*`` / ``python_*`` collectors.
 
 A scrape is two steps. On the event loop, :meth:`SupervisorCollector.snapshot` copies
@@ -52,6 +53,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from ..linux.cgroups import Cgroup, CgroupError, CgroupStats
 from ..linux.netstats import LinkCounters, link_stats
 from ..model.states import State
+from . import logs
 from .http import HTTPError, read_request, response
 
 if TYPE_CHECKING:
@@ -119,6 +121,7 @@ class Snapshot:
     units: tuple[UnitView, ...]
     reaped: int
     signals_forwarded: int
+    log_lines_dropped: int
     netlink_events: tuple[tuple[str, int], ...]
     netlink_resyncs: int
     start_buckets: tuple[int, ...]  # per START_BUCKETS bound, then +Inf (not cumulative)
@@ -193,7 +196,7 @@ class SupervisorCollector(Collector):
                 oom_kills=unit.oom_kills, links=tuple(unit.links.items())))
         return Snapshot(
             units=tuple(units), reaped=sup.reaper.reaped_total,
-            signals_forwarded=sup.signals_forwarded,
+            signals_forwarded=sup.signals_forwarded, log_lines_dropped=logs.dropped(),
             netlink_events=tuple(sup.netlink_events.items()),
             netlink_resyncs=sup.netlink_resyncs,
             start_buckets=tuple(self._start_buckets), start_sum=self._start_sum)
@@ -375,7 +378,11 @@ def _core_families(snap: Snapshot) -> list[Metric]:
     forwarded = _counter("nsvisor_signals_forwarded_total",
                          "Signals the daemon sent to containers.", [])
     forwarded.add_metric([], snap.signals_forwarded)
-    return [link, events, resyncs, reaped, forwarded]
+    dropped = _counter("nsvisor_log_lines_dropped_total",
+                       "Lines of the daemon's own log it could not write (a closed pipe, "
+                       "a full disk).", [])
+    dropped.add_metric([], snap.log_lines_dropped)
+    return [link, events, resyncs, reaped, forwarded, dropped]
 
 
 # --------------------------------------------------------------------------- server
