@@ -438,6 +438,14 @@ def test_held_container_runs_nothing_until_go(runner: Runner) -> None:
     assert c.wait(10).exit_code == 0
 
 
+def test_held_container_whose_exec_fails_reports_it_at_go(runner: Runner) -> None:
+    c = runner.start(runner.spec(["/nonexistent"], hold=True))
+    with pytest.raises(LaunchError, match=r"exec /nonexistent: No such file") as err:
+        c.go()
+    assert err.value.step == "exec" and err.value.exit_code == 127
+    assert c.wait(10).exit_code == 127
+
+
 def test_reap_all_hands_statuses_to_waiting_containers(unique) -> None:
     from supervisor.runtime import Runtime
     from supervisor.runtime.reaper import Reaper

@@ -98,8 +98,17 @@ class Init:
         elif self.exit_code is None:
             try:
                 os.kill(-self.workload if self.group else self.workload, signo)
-            except (ProcessLookupError, PermissionError):
+            except ProcessLookupError:
+                if self.group:  # not yet its own session (it makes one first), or left it
+                    self._signal_workload(signo)
+            except PermissionError:
                 pass
+
+    def _signal_workload(self, signo: int) -> None:
+        try:
+            os.kill(self.workload, signo)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def _reap(self) -> bool:
         """Reap every zombie; False once no child is left."""
