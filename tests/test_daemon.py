@@ -58,6 +58,50 @@ def test_bad_config_exits_2_naming_file_and_key(daemon: Daemon) -> None:
     assert not daemon.state_dir.exists(), "a bad config must change nothing"
 
 
+def test_a_second_daemon_on_the_same_socket_is_one_error_and_harms_none(
+        daemon: Daemon) -> None:
+    daemon.write_config('[containers.{p}-a]\ncommand = ["/bin/sleep", "1000"]\n'
+                        'startsecs = 0\n')
+    daemon.start()
+    pid = daemon.wait_state("a", "RUNNING")["pid"]
+    second = subprocess.run(
+        [sys.executable, "-m", "supervisor.daemon.main", "-c", str(daemon.config)],
+        capture_output=True, text=True, timeout=30)
+    assert second.returncode == 1
+    assert second.stderr.splitlines() == [
+        f"nsvisord: {daemon.tmp}/nsvisor.sock is in use: is another nsvisord running?"]
+    assert daemon.state("a")["pid"] == pid and daemon.state("a")["state"] == "RUNNING"
+    assert daemon.api("GET", "/v1/containers")[0] == 200  # the first still serves
+    assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("what", ["socket_group", "metrics_listen"])
+def test_a_socket_the_daemon_cannot_make_is_a_config_error(daemon: Daemon, what: str) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    listen = f"127.0.0.1:{busy.getsockname()[1]}"
+    daemon.write_config('[containers.{p}-a]\ncommand = ["/bin/sleep", "1000"]\n',
+                        metrics_listen=listen if what == "metrics_listen" else "")
+    if what == "socket_group":
+        text = daemon.config.read_text()
+        daemon.config.write_text(text.replace(
+            "[supervisor]\n", '[supervisor]\nsocket_group = "nsv-no-such-group"\n', 1))
+    try:
+        assert daemon.start().wait(20) == 2
+    finally:
+        busy.close()
+    log = daemon.log_text()
+    assert "Traceback" not in log
+    line = log.splitlines()[-1]
+    expected = {"socket_group": "supervisor.socket_group: no such group "
+                                "'nsv-no-such-group' on this host",
+                "metrics_listen": f"supervisor.metrics_listen: cannot listen on {listen}: "
+                                  "Address already in use"}[what]
+    assert line == f"nsvisord: {daemon.config}: {expected}"
+    assert not list(daemon.state_dir.glob("containers/*.json")), "nothing may have started"
+
+
 def test_on_failure_retries_with_backoff_then_fatal(daemon: Daemon) -> None:
     daemon.write_config('[containers.{p}-f]\ncommand = ["/bin/sh", "-c", "exit 3"]\n'
                         'startsecs = "500ms"\nmax_retries = 2\nrestart = "on-failure"\n'

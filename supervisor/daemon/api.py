@@ -22,6 +22,7 @@ import structlog
 from anyio.abc import SocketStream
 
 from .. import __version__
+from ..model.units import ConfigError
 from .http import (
     MAX_HEAD,
     HTTPError,
@@ -371,7 +372,11 @@ async def _listen(path: str, group: str) -> Any:
             raise OSError(f"{path} is in use: is another nsvisord running?")
         finally:
             probe.close()
-    gid = grp.getgrnam(group).gr_gid if group else None
+    try:
+        gid = grp.getgrnam(group).gr_gid if group else None
+    except KeyError:
+        raise ConfigError(f"no such group {group!r} on this host",
+                          "supervisor.socket_group") from None
     old_umask = os.umask(0o177 if gid is None else 0o117)
     try:
         listener = await anyio.create_unix_listener(path)

@@ -79,6 +79,11 @@ def configure(level: str = "info", log_file: str | None = None) -> None:
     )
 
 
+def to_file() -> bool:
+    """Whether the log goes to a --log-file (else to stderr)."""
+    return _sink.path is not None
+
+
 def dropped() -> int:
     """How many log lines could not be written (a metric)."""
     return _sink.dropped

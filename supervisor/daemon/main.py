@@ -109,19 +109,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         anyio.run(_serve, config, runtime, DEFAULT_REAPER, _cgroups(), signals,
                   backend="asyncio")
-    except ConfigError as e:  # e.g. a published port is taken
-        print(f"nsvisord: {e.with_source(config.source) if not e.source else e}",
-              file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. the control socket is taken by a running nsvisord
-        log.error("fatal", error=str(e))
-        print(f"nsvisord: {e}", file=sys.stderr)
-        return 1
+    except (ConfigError, OSError, BaseExceptionGroup) as raised:
+        # A task group wraps what its tasks raise: the one error inside is the news.
+        e = _only_error(raised)
+        if isinstance(e, ConfigError):  # a published port or metrics_listen taken...
+            print(f"nsvisord: {e.with_source(config.source) if not e.source else e}",
+                  file=sys.stderr)
+            return 2
+        if isinstance(e, OSError):  # e.g. the control socket is taken by a running nsvisord
+            if logs.to_file():  # the log file keeps a record; stderr gets the line below
+                log.error("fatal", error=str(e))
+            print(f"nsvisord: {e}", file=sys.stderr)
+            return 1
+        raise
     finally:
         runtime.close()
         signals.close()
     log.info("exit")
     return 0
+
+
+def _only_error(error: BaseException) -> BaseException:
+    """The one exception inside (nested) exception groups, or ``error`` itself."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def _raise_fd_limit() -> None:

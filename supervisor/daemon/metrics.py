@@ -53,6 +53,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from ..linux.cgroups import Cgroup, CgroupError, CgroupStats
 from ..linux.netstats import LinkCounters, link_stats
 from ..model.states import State
+from ..model.units import ConfigError
 from . import logs
 from .http import HTTPError, read_request, response
 
@@ -412,7 +413,11 @@ class MetricsServer:
 
     async def serve(self, listen: str, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         host, port = parse_listen(listen)
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        try:
+            listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {listen}: {e.strerror or e}",
+                              "supervisor.metrics_listen") from None
         log.info("metrics listening", address=listen, path="/metrics")
         task_status.started()
         async with listener:
