@@ -368,6 +368,38 @@ def test_sighup_applies_only_the_difference(daemon: Daemon) -> None:
     assert added["pid"]
 
 
+def test_supervisor_settings_changed_on_reload_wait_for_a_restart_and_say_so(
+        daemon: Daemon, tmp_path: Path) -> None:
+    # [supervisor] applies at start: a reload says which keys wait for a restart, and
+    # the daemon goes on with the directories it started with.
+    body = '[containers.{p}-a]\ncommand = ["/bin/sh", "-c", "echo hi; exec sleep 1000"]\n'
+    daemon.write_config(body)
+    daemon.start()
+    first = daemon.wait_state("a", "RUNNING")["pid"]
+    moved = tmp_path / "other-logs"
+    daemon.config.write_text(daemon.config.read_text().replace(
+        f'log_dir = "{daemon.log_dir}"', f'log_dir = "{moved}"'))
+    reread = subprocess.run(
+        [sys.executable, "-m", "supervisor.cli.main", "-s", f"{daemon.tmp}/nsvisor.sock",
+         "reread"], capture_output=True, text=True, timeout=30)
+    assert reread.returncode == 0
+    assert reread.stdout.splitlines() == [
+        "No config updates to containers",
+        "supervisor.log_dir: changed, applies when nsvisord restarts (containers keep "
+        "running)"]
+    daemon.signal(signal.SIGHUP)
+    [warned] = wait_for(lambda: daemon.events("settings need a restart"), 10, "a warning")
+    assert warned["keys"] == ["supervisor.log_dir"] and "restart nsvisord" in warned["hint"]
+    assert daemon.state("a")["pid"] == first  # the container was not touched
+    daemon.api("POST", "/v1/restart", {"names": [daemon.name("a")]})
+    wait_for(lambda: daemon.state("a").get("pid") not in (None, first)
+             and daemon.state("a")["state"] == "RUNNING", 15, "a restarted")
+    log = daemon.log_dir / f"{daemon.name('a')}.out.log"
+    wait_for(lambda: log.exists() and log.read_text() == "hi\nhi\n", 10, "both runs' output")
+    assert not moved.exists()
+    assert daemon.stop() == 0
+
+
 def test_live_restore_after_kill_9(daemon: Daemon) -> None:
     daemon.write_config(
         '[containers.{p}-steady]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n\n'

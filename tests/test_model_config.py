@@ -652,7 +652,7 @@ def test_diff_configs() -> None:
     assert diff.changed == ["b"]
     assert diff.removed == ["a"]
     assert diff.unchanged == ["c"]
-    assert diff.supervisor_changed is False
+    assert diff.supervisor_changed == []
     assert diff.has_changes
 
 
@@ -663,7 +663,7 @@ def test_diff_identical_and_supervisor_change() -> None:
     assert same.unchanged == ["db", "web"]
     assert not same.has_changes
     moved = parse_config(FULL.replace("/tmp/nsv/log", "/tmp/nsv/log2"), "c.toml")
-    assert diff_configs(cfg, moved).supervisor_changed
+    assert diff_configs(cfg, moved).supervisor_changed == ["supervisor.log_dir"]
     assert diff_configs(Config(), cfg).added == ["db", "web"]
 
 

@@ -7,6 +7,7 @@ to loopback for published ports); forwarding is never enabled.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -155,6 +156,39 @@ def test_published_port_serves_from_the_host_and_follows_a_restart(daemon: Daemo
     assert wait_for(get, 10, "the port after a restart") == 200
     daemon.api("POST", "/v1/stop", {"names": [daemon.name("web")]})
     assert get() is None  # nothing behind it while stopped
+
+
+def test_sighup_leaves_networked_containers_alone_unless_their_network_changed(
+        daemon: Daemon) -> None:
+    # A reload compared each container's networks against none: every container on a
+    # network was "changed" and restarted by any SIGHUP, even with the file untouched.
+    lab, base = subnet()
+    other, other_base = subnet()
+
+    def config(lab_subnet: str) -> None:
+        daemon.write_config(
+            f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{lab_subnet}"\n\n'
+            f'[networks.{other}]\ndriver = "bridge"\nsubnet = "{other_base}.0/24"\n\n'
+            '[containers.{p}-a]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+            f'networks = ["{lab}"]\n\n'
+            '[containers.{p}-b]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+            f'networks = ["{other}"]\n')
+
+    config(f"{base}.0/24")
+    daemon.start()
+    pids = {n: daemon.wait_state(n, "RUNNING")["pid"] for n in ("a", "b")}
+    assert daemon.api("POST", "/v1/reread")[1]["changed"] == []
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: daemon.events("reload"), 10, "the reload")
+    assert daemon.events("reload")[-1]["changed"] == []
+    assert {n: daemon.state(n)["pid"] for n in ("a", "b")} == pids
+    config(f"{base}.0/25")  # lab's subnet changes: only a, on lab, is restarted
+    assert daemon.api("POST", "/v1/reread")[1]["changed"] == [daemon.name("a")]
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: len(daemon.events("reload")) == 2, 10, "the second reload")
+    wait_for(lambda: daemon.state("a").get("pid") not in (None, pids["a"])
+             and daemon.state("a")["state"] == "RUNNING", 15, "a restarted")
+    assert daemon.state("b")["pid"] == pids["b"]
 
 
 def test_deleted_host_veth_is_repaired_without_a_restart(daemon: Daemon) -> None:

@@ -553,6 +553,8 @@ def print_changes(ctx: Context, answer: Any, words: tuple[str, str, str]) -> int
         ctx.print(f"{name}: {changes[name]}")
     if not changes:
         ctx.print("No config updates to containers")
+    for key in answer.get("restart_needed") or []:
+        ctx.print(f"{key}: changed, applies when nsvisord restarts (containers keep running)")
     return EXIT_OK
 
 

@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import anyio
@@ -24,7 +24,13 @@ from anyio.abc import TaskGroup
 
 from ..linux import libc
 from ..linux.cgroups import Cgroup, CgroupError, CgroupManager, Limits
-from ..model.config import Config, ContainerConfig, diff_configs, load_config
+from ..model.config import (
+    Config,
+    ContainerConfig,
+    diff_configs,
+    load_config,
+    supervisor_changes,
+)
 from ..model.deps import DependencyGraph
 from ..model.policy import ContainerPolicy, Kill, PolicySettings, Spawn, WakeAt
 from ..model.states import NOT_RUNNING_STATES, SIGNALLABLE_STATES, State
@@ -271,7 +277,8 @@ class Supervisor:
         new = await anyio.to_thread.run_sync(load_config, self.config.source)
         self._pending = new
         diff = diff_configs(self._active_config(), new)
-        return {"added": diff.added, "changed": diff.changed, "removed": diff.removed}
+        return {"added": diff.added, "changed": diff.changed, "removed": diff.removed,
+                "restart_needed": diff.supervisor_changed}
 
     async def update(self, names: Iterable[str] = ()) -> dict[str, list[str]]:
         """Apply the config file's difference (all of it, or for ``names`` only)."""
@@ -283,7 +290,7 @@ class Supervisor:
             await self._apply_diff(new, pick(diff.added), pick(diff.changed),
                                    pick(diff.removed))
             return {"added": pick(diff.added), "changed": pick(diff.changed),
-                    "removed": pick(diff.removed)}
+                    "removed": pick(diff.removed), "restart_needed": diff.supervisor_changed}
 
     async def add(self, names: Iterable[str]) -> dict[str, str | None]:
         """Activate containers the config file has and the daemon does not run yet."""
@@ -348,7 +355,10 @@ class Supervisor:
         }
 
     def _active_config(self) -> Config:
-        return Config(self.config.supervisor, self._active_containers(), self.config.source)
+        """What runs: the settings nsvisord started with, the networks and containers it
+        applied last."""
+        return Config(self.config.supervisor, self._active_containers(), self.config.source,
+                      self.config.networks)
 
     def _active_containers(self) -> dict[str, ContainerConfig]:
         return {name: unit.cfg for name, unit in self.units.items()}
@@ -366,7 +376,13 @@ class Supervisor:
         await self.stop([n for n in gone if n in self.units])
         for name in gone:
             await self._forget(name, keep_ids=name in changed)
-        self.config = new
+        pending = supervisor_changes(self.config.supervisor, new.supervisor)
+        if pending:
+            log.warning("settings need a restart", keys=pending,
+                        hint="restart nsvisord to apply them; its containers keep "
+                             "running across the restart")
+        # [supervisor] applies at start only: the socket, state_dir and log_dir in use stay.
+        self.config = replace(new, supervisor=self.config.supervisor)
         containers = self._active_containers()
         for name in [*changed, *added]:
             containers[name] = new.containers[name]

@@ -341,15 +341,15 @@ class ConfigDiff:
     """What a reload changes: container names per category, each in file order.
 
     ``added``/``unchanged``/``changed`` follow the new file's order, ``removed``
-    the old one's.  ``supervisor_changed`` flags ``[supervisor]`` edits, which
-    need a daemon restart rather than a reread.
+    the old one's.  ``supervisor_changed`` lists the ``[supervisor]`` keys that differ
+    (as ``supervisor.KEY``): they take effect when nsvisord restarts, not on a reread.
     """
 
     added: list[str]
     changed: list[str]
     removed: list[str]
     unchanged: list[str]
-    supervisor_changed: bool = False
+    supervisor_changed: list[str] = field(default_factory=list)
 
     @property
     def has_changes(self) -> bool:
@@ -370,7 +370,14 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
         else:
             unchanged.append(name)
     removed = [name for name in old.containers if name not in new.containers]
-    return ConfigDiff(added, changed, removed, unchanged, old.supervisor != new.supervisor)
+    return ConfigDiff(added, changed, removed, unchanged,
+                      supervisor_changes(old.supervisor, new.supervisor))
+
+
+def supervisor_changes(old: SupervisorConfig, new: SupervisorConfig) -> list[str]:
+    """The ``[supervisor]`` keys that differ, as ``supervisor.KEY``."""
+    return [f"supervisor.{f.name}" for f in fields(SupervisorConfig)
+            if getattr(old, f.name) != getattr(new, f.name)]
 
 
 # --------------------------------------------------------------------------- value parsers
