@@ -235,11 +235,13 @@ def test_concurrent_clients(api) -> None:
 
 def test_reread_update_add_remove_avail(api) -> None:
     d, call = api
-    assert call("POST", "/v1/reread")[1] == {"added": [], "changed": [], "removed": []}
+    assert call("POST", "/v1/reread")[1] == {"added": [], "changed": [], "removed": [],
+                                             "restart_needed": []}
     d.write_config(CONFIG.replace('"1000"]\nautostart', '"999"]\nautostart')
                    + '\n[containers.{p}-new]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n')
     _, diff = call("POST", "/v1/reread")
-    assert diff == {"added": [d.name("new")], "changed": [d.name("idle")], "removed": []}
+    assert diff == {"added": [d.name("new")], "changed": [d.name("idle")], "removed": [],
+                    "restart_needed": []}
     assert d.state("new") == {}  # reread applies nothing
     web_pid = d.state("web")["pid"]
     _, applied = call("POST", "/v1/update", {"names": []})
