@@ -418,6 +418,33 @@ def test_live_restore_after_kill_9(daemon: Daemon) -> None:
     assert not alive(steady["pid"])
 
 
+def test_a_config_edited_while_the_daemon_was_down_applies_at_its_start(
+        daemon: Daemon) -> None:
+    # Re-adopting with the config as it is now used to keep the old process running
+    # under the new config's name, and no later reread could see the difference.
+    kept = '[containers.{p}-kept]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n\n'
+    daemon.write_config(kept + '[containers.{p}-edited]\ncommand = ["/bin/sleep", "1000"]\n'
+                               'startsecs = 0\n')
+    daemon.start()
+    before = {n: daemon.wait_state(n, "RUNNING")["pid"] for n in ("kept", "edited")}
+    daemon.crash()
+    daemon.write_config(kept + '[containers.{p}-edited]\ncommand = ["/bin/sleep", "999"]\n'
+                               'startsecs = 0\n')
+    daemon.start()
+    wait_for(lambda: daemon.events("config changed while nsvisord was down", "edited"), 10,
+             "the edit noticed")
+    now = wait_for(lambda: (st := daemon.state("edited")).get("state") == "RUNNING"
+                   and st["pid"] != before["edited"] and st, 15, "edited restarted")
+    assert not alive(before["edited"])
+    [workload] = _children(now["pid"])
+    with open(f"/proc/{workload}/cmdline", "rb") as f:
+        assert f.read().split(b"\0")[:2] == [b"/bin/sleep", b"999"]
+    assert daemon.state("kept")["pid"] == before["kept"]  # re-adopted, untouched
+    assert not daemon.events("config changed while nsvisord was down", "kept")
+    assert daemon.api("POST", "/v1/reread")[1]["changed"] == []
+    assert daemon.stop() == 0
+
+
 def test_daemon_as_pid1_reaps_orphans(daemon: Daemon, tmp_path: Path) -> None:
     daemon.write_config('[containers.{p}-x]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n')
     # nsvisord as pid 1 of a fresh PID namespace (with its own /proc).

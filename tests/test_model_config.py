@@ -20,6 +20,7 @@ from supervisor.model.config import (
     SupervisorConfig,
     config_from_dict,
     diff_configs,
+    fingerprint,
     load_config,
     parse_config,
 )
@@ -688,6 +689,24 @@ def test_networks_parse() -> None:
     web = cfg.containers["web"]
     assert [str(p) for p in web.ports] == ["127.0.0.1:8080:8080/tcp", "127.0.0.1:9090:90/tcp"]
     assert web.to_dict()["networks"] == {"lab": ""}
+
+
+def test_fingerprint_follows_the_container_and_its_networks_only() -> None:
+    def parsed(web: str = '["x"]', lab: str = "10.123.0.0/24",
+               redblue: str = "11.11.11.0/24") -> Config:
+        return parse_config(
+            f'[networks.redblue]\ndriver = "veth"\nsubnet = "{redblue}"\n'
+            f'[networks.lab]\ndriver = "bridge"\nsubnet = "{lab}"\n'
+            f'[containers.web]\ncommand = {web}\nnetworks = ["lab"]\n', "f.toml")
+
+    def of(cfg: Config) -> str:
+        return fingerprint(cfg.containers["web"], cfg.networks)
+
+    base = of(parsed())
+    assert base == of(parsed()) and len(base) == 8  # stable across parses
+    assert of(parsed(web='["y"]')) != base
+    assert of(parsed(lab="10.123.0.0/25")) != base  # the network it is on
+    assert of(parsed(redblue="11.11.12.0/24")) == base  # one it is not on
 
 
 @pytest.mark.parametrize(("containers", "message"), [

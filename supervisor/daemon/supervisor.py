@@ -28,6 +28,7 @@ from ..model.config import (
     Config,
     ContainerConfig,
     diff_configs,
+    fingerprint,
     load_config,
     supervisor_changes,
 )
@@ -73,6 +74,7 @@ class Unit:
     container: Container | None = None
     cgroup: Cgroup | None = None
     pid_start: int | None = None  # start time of the init, to recognise it after a restart
+    launched_with: str | None = None  # the config's fingerprint when it was launched
     history: list[dict[str, Any]] = field(default_factory=list)  # last exits, newest last
     oom_kills: int = 0  # exits the kernel's OOM killer caused
     oom_baseline: int = 0  # the cgroup's OOM count when the current run started
@@ -150,8 +152,23 @@ class Supervisor:
             unit = self.units[name]
             if unit.policy.should_autostart():
                 self._apply(unit, unit.policy.start(self.clock()))
+        outdated = [name for name, unit in self.units.items()
+                    if unit.container is not None and unit.launched_with is not None
+                    and unit.launched_with != fingerprint(unit.cfg, self.config.networks)]
+        if outdated:
+            tg.start_soon(self._relaunch_outdated, outdated)
         self._trim_due = True
         log.info("supervising", containers=len(self.units))
+
+    async def _relaunch_outdated(self, names: list[str]) -> None:
+        """Re-adopted containers whose config changed while no daemon ran: applied as a
+        reload would (stopped, then started again if they autostart)."""
+        async with self._reload_lock:
+            names = [n for n in names if n in self.units]
+            for name in names:
+                log.info("config changed while nsvisord was down", container=name,
+                         hint="restarting it with the config as it is now")
+            await self._apply_diff(self.config, [], names, [])
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop every container, dependents before their dependencies."""
@@ -430,6 +447,7 @@ class Supervisor:
         if not unit.policy.spawn_pending or self.units.get(unit.name) is not unit:
             return
         started = time.perf_counter()
+        launched_with = fingerprint(unit.cfg, self.config.networks)
         self._launching += 1
         try:
             async with self._launch_slots:
@@ -443,6 +461,7 @@ class Supervisor:
         finally:
             self._launched()
         unit.container, unit.cgroup = container, cgroup
+        unit.launched_with = launched_with
         unit.links = {link.ifname: True for link in self.network.running.get(unit.name,
                                                                               (0, []))[1]}
         self.start_durations.append(time.perf_counter() - started)
@@ -658,6 +677,7 @@ class Supervisor:
                 unit.container = None
         if unit.container is not None:
             unit.pid_start = pid_start
+            unit.launched_with = data.get("config")
             self._claim_ids(cfg.name, pid)
             if self.cgroups is not None:
                 unit.cgroup = self.cgroups.open(cfg.name)
@@ -724,6 +744,7 @@ class Supervisor:
             "policy": unit.policy.to_dict(),
             "pid": container.pid if container else None,
             "pid_start": unit.pid_start if container else None,
+            "config": unit.launched_with if container else None,
             "history": unit.history,
             "oom_kills": unit.oom_kills,
         })

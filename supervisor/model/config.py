@@ -12,7 +12,9 @@ Pure apart from ``load_config`` reading its one file: the daemon, the CLI
 
 from __future__ import annotations
 
+import binascii
 import ipaddress
+import json
 import re
 import signal
 import tomllib
@@ -372,6 +374,16 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
     removed = [name for name in old.containers if name not in new.containers]
     return ConfigDiff(added, changed, removed, unchanged,
                       supervisor_changes(old.supervisor, new.supervisor))
+
+
+def fingerprint(cfg: ContainerConfig, networks: Mapping[str, NetworkConfig]) -> str:
+    """A short digest of what a container runs with: its table and the networks it is
+    on. Kept with its running state, it tells a restarted daemon which re-adopted
+    containers were started from a config that has changed since."""
+    attached = {a.network: networks[a.network].to_dict() for a in cfg.networks
+                if a.network in networks}
+    text = json.dumps([cfg.to_dict(), attached], sort_keys=True)
+    return f"{binascii.crc32(text.encode()):08x}"
 
 
 def supervisor_changes(old: SupervisorConfig, new: SupervisorConfig) -> list[str]:
