@@ -349,8 +349,11 @@ def test_limits() -> None:
         "to start")
     assert container_err("limits = { cpus = 0 }").startswith(
         "demo.toml: containers.web.limits.cpus:")
-    assert container_err("limits = { pids = 0 }").startswith(
-        "demo.toml: containers.web.limits.pids:")
+    assert container_err("limits = { pids = 1 }") == (
+        "demo.toml: containers.web.limits.pids: 1 is below the 2 tasks a container needs to "
+        "start (its init and its workload)")
+    assert container_err('limits = { pids = "2" }') == (
+        'demo.toml: containers.web.limits.pids: expected an integer, got string "2"')
 
 
 def test_missing_command() -> None:

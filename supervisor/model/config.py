@@ -759,9 +759,20 @@ def _memory_limit(value: Any, where: str) -> int:
     return size
 
 
+_any_integer = _integer()
+
+
+def _pids_limit(value: Any, where: str) -> int:
+    count = _any_integer(value, where)
+    if count < 2:
+        raise ConfigError(f"{count} is below the 2 tasks a container needs to start (its "
+                          "init and its workload)", where)
+    return count
+
+
 _LIMITS = _Table(
     LimitsConfig,
-    {"memory": _memory_limit, "cpus": _cpus, "pids": _integer(1)},
+    {"memory": _memory_limit, "cpus": _cpus, "pids": _pids_limit},
 )
 
 _STRINGS = "an array of strings"
