@@ -386,6 +386,21 @@ def test_supervisor_settings_changed_on_reload_wait_for_a_restart_and_say_so(
     assert daemon.stop() == 0
 
 
+def test_a_full_reload_with_a_bad_file_stops_nothing(daemon: Daemon) -> None:
+    # nsvisorctl reload (stop all, reread, start all) stopped everything before reading
+    # the file: a bad one then left every container stopped.
+    daemon.write_config('[containers.{p}-a]\ncommand = ["/bin/sleep", "1000"]\n'
+                        'startsecs = 0\n')
+    daemon.start()
+    pid = daemon.wait_state("a", "RUNNING")["pid"]
+    daemon.config.write_text(daemon.config.read_text() + "stop_timeout = 'soon'\n")
+    status, body = daemon.api("POST", "/v1/reload")
+    assert status == 400 and f"containers.{daemon.name('a')}.stop_timeout" in body["error"]
+    assert daemon.state("a")["pid"] == pid and daemon.state("a")["state"] == "RUNNING"
+    assert alive(pid)
+    assert daemon.stop() == 0
+
+
 def test_live_restore_after_kill_9(daemon: Daemon) -> None:
     daemon.write_config(
         '[containers.{p}-steady]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n\n'

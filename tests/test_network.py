@@ -40,6 +40,12 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
         yield d
     finally:
         d.cleanup()
+        # A daemon that died (a failing test) leaves the bridges it made: this run's
+        # networks are n<RUN_ID><n>, their bridges nsv-n<RUN_ID><n>. (Veths die with
+        # their containers' namespaces.)
+        for name in host_links():
+            if name.startswith(f"nsv-n{RUN_ID}"):
+                subprocess.run(["ip", "link", "del", name], timeout=10, check=False)
 
 
 def free_port() -> int:
@@ -189,6 +195,33 @@ def test_sighup_leaves_networked_containers_alone_unless_their_network_changed(
     wait_for(lambda: daemon.state("a").get("pid") not in (None, pids["a"])
              and daemon.state("a")["state"] == "RUNNING", 15, "a restarted")
     assert daemon.state("b")["pid"] == pids["b"]
+
+
+def test_a_reload_publishing_a_taken_port_is_rejected_and_changes_nothing(
+        daemon: Daemon) -> None:
+    # The port is checked before anything is stopped; the ConfigError used to escape the
+    # reload and end nsvisord (exit 2), leaving its containers unsupervised.
+    lab, base = subnet()
+    body = (f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{base}.0/24"\n\n'
+            '[containers.{p}-web]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+            f'networks = ["{lab}"]\n')
+    daemon.write_config(body)
+    daemon.start()
+    pid = daemon.wait_state("web", "RUNNING")["pid"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        daemon.write_config(body + f'ports = ["127.0.0.1:{port}:80/tcp"]\n')
+        daemon.signal(signal.SIGHUP)
+        [rejected] = wait_for(lambda: daemon.events("reload rejected"), 10, "a rejection")
+        assert rejected["error"] == (
+            f"{daemon.config}: containers.{daemon.name('web')}.ports[0]: 127.0.0.1:{port} "
+            "cannot be published: Address already in use")
+    assert daemon.proc.poll() is None
+    assert daemon.state("web")["pid"] == pid and daemon.state("web")["state"] == "RUNNING"
+    assert daemon.api("GET", "/v1/containers")[0] == 200
+    assert daemon.stop() == 0
 
 
 def test_deleted_host_veth_is_repaired_without_a_restart(daemon: Daemon) -> None:

@@ -122,7 +122,9 @@ class NetworkManager:
             except OSError as e:
                 for sock in fresh.values():
                     sock.close()
-                raise ConfigError(f"{key[0]}:{key[1]} cannot be published: {e.strerror}",
+                # create_server's strerror repeats the address: the errno says it all.
+                reason = os.strerror(e.errno) if e.errno else str(e)
+                raise ConfigError(f"{key[0]}:{key[1]} cannot be published: {reason}",
                                   f"containers.{name}.ports[{i}]") from None
         for key in [k for k in self.sockets if k not in wanted]:
             self._close_port(key)

@@ -26,6 +26,7 @@ from ..linux import libc
 from ..linux.cgroups import Cgroup, CgroupError, CgroupManager, Limits
 from ..model.config import (
     Config,
+    ConfigError,
     ContainerConfig,
     diff_configs,
     fingerprint,
@@ -247,10 +248,15 @@ class Supervisor:
             return
         diff = diff_configs(self._active_config(), new)
         self._trim_due = True
+        try:
+            await self._apply_diff(new, diff.added, diff.changed, diff.removed)
+        except ConfigError as e:  # a port to publish is taken: checked before any change
+            log.error("reload rejected", error=str(e.with_source(new.source)))
+            self.events.publish("reload", ok=False, error=str(e.with_source(new.source)))
+            return
         log.info("reload", added=diff.added, changed=diff.changed, removed=diff.removed)
         self.events.publish("reload", ok=True, added=diff.added, changed=diff.changed,
                             removed=diff.removed)
-        await self._apply_diff(new, diff.added, diff.changed, diff.removed)
 
     async def signal(self, names: Iterable[str], sig: int) -> dict[str, str | None]:
         """Send ``sig`` to each container's init, which forwards it to the workload."""
@@ -349,8 +355,9 @@ class Supervisor:
     async def restart_all(self) -> None:
         """supervisorctl's ``reload``: stop everything, reread, start what autostarts."""
         async with self._reload_lock:
-            await self.stop(list(self.units), save_manual=False)
+            # Read first: a bad file must leave every container as it was.
             new = await anyio.to_thread.run_sync(load_config, self.config.source)
+            await self.stop(list(self.units), save_manual=False)
             for name in list(self.units):
                 await self._forget(name, keep_ids=True)
             await self._apply_diff(new, list(new.containers), [], [])
