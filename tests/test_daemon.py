@@ -556,6 +556,23 @@ def test_a_log_reader_that_goes_away_does_not_stop_supervision(daemon: Daemon) -
     assert cgroups == []
 
 
+def test_sigusr2_with_the_log_path_gone_keeps_the_old_file(daemon: Daemon,
+                                                         tmp_path: Path) -> None:
+    logs = tmp_path / "daemon-logs"
+    logs.mkdir()
+    daemon.write_config('[containers.{p}-l]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n')
+    daemon.start("--log-file", str(logs / "nsvisord.json"))
+    daemon.wait_state("l", "RUNNING")
+    moved = tmp_path / "daemon-logs.old"
+    logs.rename(moved)  # the directory is gone from the path: the reopen cannot work
+    daemon.signal(signal.SIGUSR2)
+    old = moved / "nsvisord.json"
+    wait_for(lambda: "log file not reopened" in old.read_text(), 10, "a warning")
+    assert daemon.proc.poll() is None
+    assert daemon.stop() == 0
+    assert '"all stopped"' in old.read_text()
+
+
 def test_limits_apply_and_an_oom_kill_is_recognised(daemon: Daemon) -> None:
     daemon.write_config(
         '[containers.{p}-hog]\n'

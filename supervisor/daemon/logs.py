@@ -46,7 +46,8 @@ class LogSink:
         return os.isatty(self.fd)
 
     def reopen(self) -> bool:
-        """Reopen the log file at its path (after logrotate moved it); False for stderr."""
+        """Reopen the log file at its path (after logrotate moved it); False for stderr.
+        OSError if it cannot be opened: the old file stays in use."""
         if self.path is None:
             return False
         new = self._open(self.path)

@@ -191,8 +191,14 @@ async def _handle_signals(signals: SignalReader, supervisor: Supervisor,
             supervisor.shutdown_requested.set()
         elif signo == signal.SIGHUP:
             supervisor.spawn_task(supervisor.reload)
-        elif signo == signal.SIGUSR2 and logs.reopen():
-            log.info("log file reopened")
+        elif signo == signal.SIGUSR2:
+            try:
+                if logs.reopen():
+                    log.info("log file reopened")
+            except OSError as e:  # the old file stays in use: nothing is lost
+                log.warning("log file not reopened", error=str(e),
+                            hint="the log goes on in the old file; check the --log-file "
+                                 "path, then send SIGUSR2 again")
 
 
 if __name__ == "__main__":
