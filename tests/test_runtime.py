@@ -263,6 +263,12 @@ def test_not_executable_exits_126(runner: Runner) -> None:
     assert err.value.exit_code == 126
 
 
+def test_missing_workdir_is_named_not_blamed_on_the_command(runner: Runner) -> None:
+    with pytest.raises(LaunchError, match=r"chdir /nonexistent: No such file") as err:
+        runner.start(runner.spec(["/bin/true"], workdir="/nonexistent"))
+    assert err.value.step == "chdir /nonexistent"
+
+
 def test_workload_gets_clean_signal_mask_and_default_dispositions(runner: Runner) -> None:
     ran = runner.sh("grep -E '^Sig(Blk|Ign)' /proc/self/status")
     fields = dict(line.split(":\t") for line in ran.stdout.splitlines())

@@ -168,14 +168,16 @@ def _workload_process(spec, fds: dict[str, int], stdio: tuple[int, int, int]):
 
 
 def _exec(spec, stdio: tuple[int, int, int], report: int) -> NoReturn:
-    """Take the workload's identity, report "exec" and exec; returns only by raising
-    OSError: the identity (uid, gid, groups, capabilities, no_new_privs, working
-    directory), ``stdio`` on fds 0-2, and the signal dispositions and mask a program
-    expects."""
-    set_identity(spec.capabilities, spec.groups, spec.uid, spec.gid, spec.no_new_privs)
-    libc.prctl(libc.PR_SET_DUMPABLE, 0)  # a uid change resets it
+    """Take the workload's identity, report "exec" and exec: the identity (uid, gid,
+    groups, capabilities, no_new_privs, working directory), ``stdio`` on fds 0-2, and
+    the signal dispositions and mask a program expects. Returns only by raising: OSError
+    from the exec itself, SetupError naming any step before."""
+    with step("take the workload's identity"):
+        set_identity(spec.capabilities, spec.groups, spec.uid, spec.gid, spec.no_new_privs)
+        libc.prctl(libc.PR_SET_DUMPABLE, 0)  # a uid change resets it
     env = _environment(spec)
-    os.chdir(spec.workdir)
+    with step(f"chdir {spec.workdir}"):  # as the workload's user, so after the identity
+        os.chdir(spec.workdir)
     for i, fd in enumerate(stdio):
         if fd == i:
             os.set_inheritable(i, True)
