@@ -75,7 +75,8 @@ class Unit:
     container: Container | None = None
     cgroup: Cgroup | None = None
     pid_start: int | None = None  # start time of the init, to recognise it after a restart
-    launched_with: str | None = None  # the config's fingerprint when it was launched
+    fingerprint: str = ""  # of cfg and its networks (model.config.fingerprint)
+    launched_with: str | None = None  # the fingerprint the running container started with
     history: list[dict[str, Any]] = field(default_factory=list)  # last exits, newest last
     oom_kills: int = 0  # exits the kernel's OOM killer caused
     oom_baseline: int = 0  # the cgroup's OOM count when the current run started
@@ -154,8 +155,8 @@ class Supervisor:
             if unit.policy.should_autostart():
                 self._apply(unit, unit.policy.start(self.clock()))
         outdated = [name for name, unit in self.units.items()
-                    if unit.container is not None and unit.launched_with is not None
-                    and unit.launched_with != fingerprint(unit.cfg, self.config.networks)]
+                    if unit.container is not None
+                    and unit.launched_with not in (None, unit.fingerprint)]
         if outdated:
             tg.start_soon(self._relaunch_outdated, outdated)
         self._trim_due = True
@@ -454,7 +455,6 @@ class Supervisor:
         if not unit.policy.spawn_pending or self.units.get(unit.name) is not unit:
             return
         started = time.perf_counter()
-        launched_with = fingerprint(unit.cfg, self.config.networks)
         self._launching += 1
         try:
             async with self._launch_slots:
@@ -468,7 +468,7 @@ class Supervisor:
         finally:
             self._launched()
         unit.container, unit.cgroup = container, cgroup
-        unit.launched_with = launched_with
+        unit.launched_with = unit.fingerprint
         unit.links = {link.ifname: True for link in self.network.running.get(unit.name,
                                                                               (0, []))[1]}
         self.start_durations.append(time.perf_counter() - started)
@@ -657,7 +657,9 @@ class Supervisor:
     # ------------------------------------------------------------------ live restore
 
     def _new_unit(self, cfg: ContainerConfig) -> Unit:
-        return Unit(cfg, ContainerPolicy.from_config(cfg))
+        # A unit's config never changes: a reload that changes it makes a new unit.
+        return Unit(cfg, ContainerPolicy.from_config(cfg),
+                    fingerprint=fingerprint(cfg, self.config.networks))
 
     def _restore(self, cfg: ContainerConfig) -> None:
         """Re-adopt the container a previous daemon left running, or learn how it ended."""
