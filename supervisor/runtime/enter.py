@@ -38,10 +38,10 @@ What the process does, in order:
    of a PID namespace keeps the namespace's init from finishing its exit.)
 
 Import set: this runs under ``python -S`` for every exec, so it imports only ``os``,
-``json``, C modules and the container-side ``libc``/``caps``/``consts`` - all at the top:
-after the chroot the host's standard library is out of reach, so nothing may be imported
-lazily past that point (``os.execvpe`` would: hence :func:`.become.execvpe`, shared with
-the workload's own process, as is the identity it takes).
+``json``, C modules and the container-side ``libc``/``caps``/``consts``/``become`` - all
+at the top: after the chroot the host's standard library is out of reach, so nothing may
+be imported lazily past that point (``os.execvpe`` would: hence :func:`.become.execvpe`,
+shared with the workload's own process, as is the identity it takes).
 
 The request (JSON)::
 
