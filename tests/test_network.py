@@ -224,6 +224,30 @@ def test_a_reload_publishing_a_taken_port_is_rejected_and_changes_nothing(
     assert daemon.stop() == 0
 
 
+def test_a_full_reload_publishing_a_taken_port_starts_the_old_set_again(
+        daemon: Daemon) -> None:
+    # nsvisorctl reload stops everything before it can bind the new ports: when one is
+    # taken, the containers that ran are started again rather than left stopped.
+    lab, base = subnet()
+    body = (f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{base}.0/24"\n\n'
+            '[containers.{p}-web]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+            f'networks = ["{lab}"]\n')
+    daemon.write_config(body)
+    daemon.start()
+    pid = daemon.wait_state("web", "RUNNING")["pid"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        daemon.write_config(body + f'ports = ["127.0.0.1:{port}:80/tcp"]\n')
+        status, answer = daemon.api("POST", "/v1/reload")
+    assert status == 400 and "cannot be published: Address already in use" in answer["error"]
+    again = wait_for(lambda: (st := daemon.state("web")).get("state") == "RUNNING"
+                     and st["pid"] != pid and st, 15, "web running again")
+    assert again["pid"] and daemon.proc.poll() is None
+    assert daemon.stop() == 0
+
+
 def test_deleted_host_veth_is_repaired_without_a_restart(daemon: Daemon) -> None:
     lab, base = subnet()
     daemon.write_config(

@@ -358,10 +358,15 @@ class Supervisor:
         async with self._reload_lock:
             # Read first: a bad file must leave every container as it was.
             new = await anyio.to_thread.run_sync(load_config, self.config.source)
+            old = self._active_config()
             await self.stop(list(self.units), save_manual=False)
             for name in list(self.units):
                 await self._forget(name, keep_ids=True)
-            await self._apply_diff(new, list(new.containers), [], [])
+            try:
+                await self._apply_diff(new, list(new.containers), [], [])
+            except ConfigError:  # a port it publishes is taken: what ran before runs again
+                await self._apply_diff(old, list(old.containers), [], [])
+                raise
 
     def status(self, name: str) -> dict[str, Any]:
         unit = self.units[name]
