@@ -140,6 +140,27 @@ def test_dependencies_start_in_order_and_stop_in_reverse(daemon: Daemon) -> None
         assert daemon.state(name)["state"] == "STOPPED"
 
 
+def test_a_start_held_by_a_dependency_says_which_one(daemon: Daemon) -> None:
+    # It used to read "STARTING  Not started" for as long as db was not RUNNING.
+    daemon.write_config(
+        '[containers.{p}-db]\ncommand = ["/bin/sh", "-c", "exit 1"]\nstartsecs = "1s"\n'
+        'max_retries = 1\nbackoff = { initial = "100ms" }\n\n'
+        '[containers.{p}-app]\ncommand = ["/bin/sleep", "1000"]\n'
+        'depends_on = ["{p}-db"]\n')
+    daemon.start()
+    daemon.wait_state("db", "FATAL")
+    status, listed = daemon.api("GET", "/v1/containers")
+    app = next(c for c in listed if c["name"] == daemon.name("app"))
+    assert (app["state"], app["description"]) == (
+        "STARTING", f"waiting for {daemon.name('db')} (FATAL)")
+    # Stopped while it waits, it is not launched at all (it used to stay STOPPING until
+    # the stop timed out).
+    assert daemon.api("POST", "/v1/stop", {"names": [daemon.name("app")]})[0] == 200
+    assert daemon.state("app")["state"] == "STOPPED"
+    assert not daemon.events("spawned", "app")
+    assert daemon.stop() == 0
+
+
 def test_stop_escalates_to_sigkill_and_nothing_survives(daemon: Daemon) -> None:
     daemon.write_config(
         '[containers.{p}-stubborn]\n'

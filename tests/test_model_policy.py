@@ -362,6 +362,27 @@ def test_stop_while_spawn_pending_and_spawn_fails() -> None:
     assert p.state is State.STOPPED
 
 
+def test_stop_before_the_launch_began_cancels_it() -> None:
+    p = make()
+    p.start(0.0)
+    assert p.spawn_cancelled(0.1) == []  # not stopped: the launch goes on
+    assert p.state is State.STARTING and p.spawn_pending
+    assert p.stop(0.1) == []
+    assert p.spawn_cancelled(0.2) == []
+    assert p.state is State.STOPPED and not p.spawn_pending and p.manually_stopped
+    assert p.last_exit_reason is None and p.restarts == 0  # nothing ran, nothing exited
+    assert p.spawned(0.3) == [] and p.spawn_failed(0.3, "late") == []  # stale
+
+
+def test_a_start_while_a_cancelled_launch_stops_starts_again() -> None:
+    p = make()
+    p.start(0.0)
+    p.stop(0.1)
+    assert p.start(0.2) == []  # queued behind the stop
+    assert p.spawn_cancelled(0.3) == [Spawn("start")]
+    assert p.state is State.STARTING and p.spawn_pending
+
+
 def test_stop_during_backoff_cancels_pending_restart() -> None:
     p = make(restart="always")
     t = running(p)

@@ -119,7 +119,9 @@ class Supervisor:
         self.units: dict[str, Unit] = {}
         self.graph = DependencyGraph.from_containers(config.containers)
         self._tg: TaskGroup | None = None
-        self._running_changed = anyio.Event()
+        # Set at every RUNNING transition and every stop: launches waiting for their
+        # dependencies look again.
+        self._spawn_wakeup = anyio.Event()
         self._reload_lock = anyio.Lock()
         self._launching = 0  # launches in flight or queued for a slot
         self._launch_slots = anyio.Semaphore(LAUNCH_SLOTS)
@@ -379,7 +381,8 @@ class Supervisor:
             "name": name, "group": unit.cfg.group or name, "state": policy.state.name,
             "pid": container.pid if container else None, "restarts": policy.restarts,
             "exit_code": policy.last_exit_code, "uptime_seconds": uptime,
-            "description": _description(policy, container, uptime, now_mono, now),
+            "description": self._waiting_for(unit) or _description(policy, container, uptime,
+                                                                   now_mono, now),
             "last_exit_reason": policy.last_exit_reason,
             "started_at": container.started_at if container else None,
         }
@@ -442,9 +445,9 @@ class Supervisor:
             self.events.publish("state", container=unit.name, old=old.name, new=new.name,
                                 restarts=unit.policy.restarts,
                                 exit_code=unit.policy.last_exit_code)
-            if new is State.RUNNING or old is State.RUNNING:
-                self._running_changed.set()
-                self._running_changed = anyio.Event()
+            if new is State.RUNNING or old is State.RUNNING or new is State.STOPPING:
+                self._spawn_wakeup.set()
+                self._spawn_wakeup = anyio.Event()
         unit.policy.last_transitions = []
         self._save(unit)
         unit.notify()
@@ -454,9 +457,13 @@ class Supervisor:
         self._tg.start_soon(fn, *args)
 
     async def _spawn(self, unit: Unit) -> None:
-        # A container starts only once everything it depends on is RUNNING.
+        # A container starts only once everything it depends on is RUNNING; stopped
+        # meanwhile, it is not launched at all.
         while unit.policy.spawn_pending and not self._dependencies_running(unit):
-            await self._running_changed.wait()
+            if unit.policy.state is State.STOPPING:
+                self._apply(unit, unit.policy.spawn_cancelled(self.clock()))
+                return
+            await self._spawn_wakeup.wait()
         if not unit.policy.spawn_pending or self.units.get(unit.name) is not unit:
             return
         started = time.perf_counter()
@@ -841,6 +848,14 @@ class Supervisor:
         finally:
             self._exec_pids.discard(pid)
         return ExitStatus.from_wait_status(raw).exit_code
+
+    def _waiting_for(self, unit: Unit) -> str:
+        """``waiting for db (FATAL)``: a start held back by dependencies not RUNNING."""
+        if unit.container is not None or not unit.policy.spawn_pending:
+            return ""
+        held = [f"{d} ({self.units[d].policy.state.name})" for d in unit.cfg.depends_on
+                if d in self.units and self.units[d].policy.state is not State.RUNNING]
+        return "waiting for " + ", ".join(held) if held else ""
 
     def _dependencies_running(self, unit: Unit) -> bool:
         return all(self.units[d].policy.state is State.RUNNING

@@ -1,7 +1,7 @@
 """The per-container state machine and restart policy, sans I/O.
 
-The daemon feeds events (``start``, ``spawned``, ``spawn_failed``, ``exited``,
-``stop``, ``tick``) with an explicit monotonic ``now`` and performs the actions
+The daemon feeds events (``start``, ``spawned``, ``spawn_failed``, ``spawn_cancelled``,
+``exited``, ``stop``, ``tick``) with an explicit monotonic ``now`` and performs the actions
 returned (``Spawn``, ``Kill``, ``WakeAt``).  The policy never sleeps or reads a
 clock, so every timing rule is testable with plain floats.
 
@@ -28,7 +28,9 @@ Semantics (supervisord's states, Docker's restart policies and backoff):
 - ``stop``: STARTING/RUNNING -> STOPPING + Kill(stop_signal) + WakeAt(now +
   stop_timeout); the tick at the deadline sends Kill(SIGKILL) once (the state
   stays STOPPING until the exit, like supervisord); the exit -> STOPPED, never
-  restarted.  BACKOFF -> STOPPED at once (pending restart cancelled).
+  restarted.  BACKOFF -> STOPPED at once (pending restart cancelled).  A stop
+  while the spawn is pending waits for its outcome, or for ``spawn_cancelled``
+  (the daemon had not begun it: STOPPED at once).
   STOPPED/EXITED/FATAL: no-op.  A stop sets ``manually_stopped``.
 - ``start`` in STOPPED/EXITED/FATAL/BACKOFF resets the failure and backoff
   counters, clears ``manually_stopped`` and Spawns at once (in BACKOFF it
@@ -284,6 +286,15 @@ class ContainerPolicy:
         if self.state is State.STOPPING:
             return self._stopped()
         return self._start_failed(now)
+
+    def spawn_cancelled(self, now: float) -> list[Action]:
+        """The daemon dropped a launch it had not begun, because a stop came first (the
+        container was still waiting for its dependencies): no process, no exit."""
+        self.last_transitions = []
+        if not self.spawn_pending or self.state is not State.STOPPING:
+            return []
+        self.spawn_pending = False
+        return self._stopped()
 
     def exited(self, now: float, exit_code: int, reason: str = "") -> list[Action]:
         """The process exited (``exit_code`` 0..255; 128+N when killed by signal N)."""
