@@ -158,6 +158,12 @@ def test_a_start_held_by_a_dependency_says_which_one(daemon: Daemon) -> None:
     assert daemon.api("POST", "/v1/stop", {"names": [daemon.name("app")]})[0] == 200
     assert daemon.state("app")["state"] == "STOPPED"
     assert not daemon.events("spawned", "app")
+    # A start (which starts db again) answers once db is FATAL again, naming it, instead
+    # of after startsecs + 60 s with a stale reason.
+    status, answer = daemon.api("POST", "/v1/start", {"names": [daemon.name("app")]})
+    assert answer["results"] == [{"name": daemon.name("app"), "ok": False,
+                                  "error": f"waiting for {daemon.name('db')} (FATAL)"}]
+    assert daemon.state("db")["restarts"] > 1  # it was tried again
     assert daemon.stop() == 0
 
 

@@ -119,9 +119,9 @@ class Supervisor:
         self.units: dict[str, Unit] = {}
         self.graph = DependencyGraph.from_containers(config.containers)
         self._tg: TaskGroup | None = None
-        # Set at every RUNNING transition and every stop: launches waiting for their
-        # dependencies look again.
-        self._spawn_wakeup = anyio.Event()
+        # Set at every state transition, then replaced: launches waiting for their
+        # dependencies and starts waiting for a container to settle look again.
+        self._transition = anyio.Event()
         self._reload_lock = anyio.Lock()
         self._launching = 0  # launches in flight or queued for a slot
         self._launch_slots = anyio.Semaphore(LAUNCH_SLOTS)
@@ -202,14 +202,27 @@ class Supervisor:
         if wait:
             for name in names:
                 unit = self.units[name]
-                settled = await unit.wait_until(
-                    lambda u: u.policy.state not in (State.STARTING, State.STOPPING),
-                    timeout=unit.cfg.startsecs + 60)
-                if errors.get(name) is None and (not settled or unit.policy.state is not
-                                                 State.RUNNING):
+                settled = await self._settled(unit, timeout=unit.cfg.startsecs + 60)
+                if errors.get(name) is not None or unit.policy.state is State.RUNNING:
+                    continue
+                if settled and self._waiting_for(unit):  # a dependency will not run
+                    errors[name] = self._waiting_for(unit)
+                else:
                     errors[name] = f"spawn error ({unit.policy.state.name.lower()}: " \
                                    f"{unit.policy.last_exit_reason or 'did not start'})"
         return {name: errors.get(name) for name in names}
+
+    async def _settled(self, unit: Unit, timeout: float) -> bool:
+        """Wait until ``unit`` is neither STARTING nor STOPPING, or waits for a
+        dependency that stopped or failed; False after ``timeout``."""
+        with anyio.move_on_after(timeout):
+            while unit.policy.state in (State.STARTING, State.STOPPING):
+                if any(self.units[d].policy.state in NOT_RUNNING_STATES
+                       for d in self._held_by(unit)):
+                    return True
+                await self._transition.wait()
+            return True
+        return False
 
     async def stop(self, names: Iterable[str], *, save_manual: bool = True,
                    timeout: float | None = None) -> dict[str, str | None]:
@@ -445,9 +458,9 @@ class Supervisor:
             self.events.publish("state", container=unit.name, old=old.name, new=new.name,
                                 restarts=unit.policy.restarts,
                                 exit_code=unit.policy.last_exit_code)
-            if new is State.RUNNING or old is State.RUNNING or new is State.STOPPING:
-                self._spawn_wakeup.set()
-                self._spawn_wakeup = anyio.Event()
+        if unit.policy.last_transitions:
+            self._transition.set()
+            self._transition = anyio.Event()
         unit.policy.last_transitions = []
         self._save(unit)
         unit.notify()
@@ -463,7 +476,7 @@ class Supervisor:
             if unit.policy.state is State.STOPPING:
                 self._apply(unit, unit.policy.spawn_cancelled(self.clock()))
                 return
-            await self._spawn_wakeup.wait()
+            await self._transition.wait()
         if not unit.policy.spawn_pending or self.units.get(unit.name) is not unit:
             return
         started = time.perf_counter()
@@ -849,12 +862,16 @@ class Supervisor:
             self._exec_pids.discard(pid)
         return ExitStatus.from_wait_status(raw).exit_code
 
+    def _held_by(self, unit: Unit) -> list[str]:
+        """The dependencies, not RUNNING, that a pending launch of ``unit`` waits for."""
+        if unit.container is not None or not unit.policy.spawn_pending:
+            return []
+        return [d for d in unit.cfg.depends_on
+                if d in self.units and self.units[d].policy.state is not State.RUNNING]
+
     def _waiting_for(self, unit: Unit) -> str:
         """``waiting for db (FATAL)``: a start held back by dependencies not RUNNING."""
-        if unit.container is not None or not unit.policy.spawn_pending:
-            return ""
-        held = [f"{d} ({self.units[d].policy.state.name})" for d in unit.cfg.depends_on
-                if d in self.units and self.units[d].policy.state is not State.RUNNING]
+        held = [f"{d} ({self.units[d].policy.state.name})" for d in self._held_by(unit)]
         return "waiting for " + ", ".join(held) if held else ""
 
     def _dependencies_running(self, unit: Unit) -> bool:
