@@ -164,6 +164,14 @@ def test_a_start_held_by_a_dependency_says_which_one(daemon: Daemon) -> None:
     assert answer["results"] == [{"name": daemon.name("app"), "ok": False,
                                   "error": f"waiting for {daemon.name('db')} (FATAL)"}]
     assert daemon.state("db")["restarts"] > 1  # it was tried again
+    daemon.api("POST", "/v1/stop", {"names": [daemon.name("app")]})
+    ctl = subprocess.run(
+        [sys.executable, "-m", "supervisor.cli.main", "-s", f"{daemon.tmp}/nsvisor.sock",
+         "start", daemon.name("app")], capture_output=True, text=True, timeout=60)
+    assert ctl.stdout == f"{daemon.name('app')}: ERROR (waiting for {daemon.name('db')} " \
+                         "(FATAL))\n"
+    assert ctl.stderr == f"nsvisorctl: start failed for {daemon.name('app')} " \
+                         "(see 'nsvisorctl status')\n"
     assert daemon.stop() == 0
 
 

@@ -449,6 +449,7 @@ def print_results(ctx: Context, verb: str, answer: Any, wait: bool = True) -> in
     if ctx.json:
         ctx.dump(answer)
     failed = []
+    held = False  # a start that waits for a dependency: its own log says nothing
     for r in results:
         name = r.get("name", "?")
         if r.get("ok"):
@@ -458,11 +459,12 @@ def print_results(ctx: Context, verb: str, answer: Any, wait: bool = True) -> in
             line = f"{name}: ERROR ({error})"
             if not error.startswith(_IGNORED.get(verb, "\0")):
                 failed.append(name)
+                held = held or error.startswith("waiting for ")
         if not ctx.json:
             ctx.print(line)
     if failed:
         what = {"signal": "signal"}.get(verb, verb)
-        hint = (f"see '{PROG} status'" if verb in ("stop", "signal")
+        hint = (f"see '{PROG} status'" if verb in ("stop", "signal") or held
                 else f"see '{PROG} tail {failed[0]} stderr'")
         ctx.warn(f"{what} failed for {', '.join(failed)} ({hint})")
         return EXIT_FAILED
