@@ -6,6 +6,7 @@ to loopback for published ports); forwarding is never enabled.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -197,21 +198,32 @@ def test_sighup_leaves_networked_containers_alone_unless_their_network_changed(
     assert daemon.state("b")["pid"] == pids["b"]
 
 
-def test_a_reload_publishing_a_taken_port_is_rejected_and_changes_nothing(
-        daemon: Daemon) -> None:
-    # The port is checked before anything is stopped; the ConfigError used to escape the
-    # reload and end nsvisord (exit 2), leaving its containers unsupervised.
+def _web_on_a_bridge(daemon: Daemon) -> tuple[str, int]:
+    """Start one container on a fresh bridge network: its config text and its pid."""
     lab, base = subnet()
     body = (f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{base}.0/24"\n\n'
             '[containers.{p}-web]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
             f'networks = ["{lab}"]\n')
     daemon.write_config(body)
     daemon.start()
-    pid = daemon.wait_state("web", "RUNNING")["pid"]
+    return body, daemon.wait_state("web", "RUNNING")["pid"]
+
+
+@contextlib.contextmanager
+def _taken_port() -> Iterator[int]:
+    """A loopback port another process (this one) listens on."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
+        yield taken.getsockname()[1]
+
+
+def test_a_reload_publishing_a_taken_port_is_rejected_and_changes_nothing(
+        daemon: Daemon) -> None:
+    # The port is checked before anything is stopped; the ConfigError used to escape the
+    # reload and end nsvisord (exit 2), leaving its containers unsupervised.
+    body, pid = _web_on_a_bridge(daemon)
+    with _taken_port() as port:
         daemon.write_config(body + f'ports = ["127.0.0.1:{port}:80/tcp"]\n')
         daemon.signal(signal.SIGHUP)
         [rejected] = wait_for(lambda: daemon.events("reload rejected"), 10, "a rejection")
@@ -228,17 +240,8 @@ def test_a_full_reload_publishing_a_taken_port_starts_the_old_set_again(
         daemon: Daemon) -> None:
     # nsvisorctl reload stops everything before it can bind the new ports: when one is
     # taken, the containers that ran are started again rather than left stopped.
-    lab, base = subnet()
-    body = (f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{base}.0/24"\n\n'
-            '[containers.{p}-web]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
-            f'networks = ["{lab}"]\n')
-    daemon.write_config(body)
-    daemon.start()
-    pid = daemon.wait_state("web", "RUNNING")["pid"]
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    body, pid = _web_on_a_bridge(daemon)
+    with _taken_port() as port:
         daemon.write_config(body + f'ports = ["127.0.0.1:{port}:80/tcp"]\n')
         status, answer = daemon.api("POST", "/v1/reload")
     assert status == 400 and "cannot be published: Address already in use" in answer["error"]
