@@ -223,7 +223,7 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
 
 # glibc's internal signals (SIGCANCEL, SIGSETXID): not in valid_signals(), and glibc's
 # sigaction refuses them.
-GLIBC_INTERNAL_SIGNALS = (32, 33)
+_GLIBC_INTERNAL_SIGNALS = (32, 33)
 _SigactionDefault = ctypes.c_ulong * 4  # handler SIG_DFL, flags, restorer, mask: all zero
 
 
@@ -235,7 +235,7 @@ def default_internal_signals() -> None:
     if number is None:
         return
     act = _SigactionDefault()
-    for sig in GLIBC_INTERNAL_SIGNALS:
+    for sig in _GLIBC_INTERNAL_SIGNALS:
         _libc.syscall(number, ctypes.c_int(sig), ctypes.byref(act), None, ctypes.c_size_t(8))
 
 
