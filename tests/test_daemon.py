@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -589,6 +591,54 @@ def test_a_log_reader_that_goes_away_does_not_stop_supervision(daemon: Daemon) -
                if os.path.isdir(root) for p in os.listdir(root)
                if p.startswith(daemon.prefix + "-")]
     assert cgroups == []
+
+
+def test_a_log_reader_that_stalls_does_not_stop_supervision(daemon: Daemon) -> None:
+    # journald stuck, `nsvisord 2>&1 | less` left at a prompt: a full pipe nobody
+    # drains. nsvisord used to block in its next log write, supervising nothing and
+    # answering no one until the reader woke up.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    daemon.write_config('[containers.{p}-a]\ncommand = ["/bin/sleep", "1000"]\n'
+                        'startsecs = 0\nrestart = "always"\n'
+                        'backoff = { initial = "1ms", factor = 1.0, max = "1ms" }\n',
+                        metrics_listen=f"127.0.0.1:{port}")
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)  # a page: full after ~20 lines
+    received: list[bytes] = []
+    try:
+        daemon.start(stderr=w)
+        os.close(w)
+        w = -1
+        pid = daemon.wait_state("a", "RUNNING")["pid"]
+        for _ in range(15):  # each restart logs 3 lines: the pipe is full
+            os.kill(_children(pid)[0], signal.SIGKILL)
+            pid = wait_for(lambda old=pid: (st := daemon.state("a")).get("state") == "RUNNING"
+                           and st.get("pid") != old and st["pid"], 10, "a restart")
+        # Full (a line is written whole or waits): the writer stalls meanwhile.
+        received.append(os.read(r, 8192))
+        assert len(received[0]) > 4096 - 300
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            assert b"nsvisor_container_restarts_total" in resp.read()
+        reading = threading.Thread(target=lambda: received.append(_read_to_end(r)))
+        reading.start()  # the reader wakes up: what was queued follows
+        assert daemon.stop() == 0
+        reading.join(15)
+    finally:
+        if w >= 0:
+            os.close(w)
+        os.close(r)
+    lines = b"".join(received).decode().splitlines()
+    events = [json.loads(line)["event"] for line in lines]  # every line whole
+    assert events.count("exited") >= 15 and events[-1] == "exit"
+
+
+def _read_to_end(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def test_sigusr2_with_the_log_path_gone_keeps_the_old_file(daemon: Daemon,

@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError, BaseExceptionGroup) as raised:
         # A task group wraps what its tasks raise: the one error inside is the news.
         e = _only_error(raised)
+        logs.drain()  # the log lines before it come first
         if isinstance(e, ConfigError):  # a published port or metrics_listen taken...
             print(f"nsvisord: {e.with_source(config.source) if not e.source else e}",
                   file=sys.stderr)
