@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import time
 
 import pytest
 
+from supervisor.linux import libc
 from supervisor.runtime import ContainerSpec, LogSpec, Runtime, SpecError
 from supervisor.runtime.consts import LOG_LINE_MAX
 
@@ -169,6 +172,61 @@ def test_file_removed_from_outside_is_recreated(runner: Runner, tmp_path) -> Non
     assert first > 0
     c.kill()
     c.wait(10)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs, unmounted at the end whatever happens."""
+    path = tmp_path / "small-disk"
+    path.mkdir()
+    libc.mount("tmpfs", str(path), "tmpfs", 0, "size=256k,mode=755")
+    try:
+        yield path
+    finally:
+        libc.umount2(str(path), libc.MNT_DETACH)
+
+
+_LINE = re.compile(rb"line (\d{5}) x{60}")
+_NOTE = re.compile(rb"nsvisor: (\d+) lines? lost here \(No space left on device\)")
+
+
+def test_a_full_disk_loses_whole_lines_and_says_how_many(runner: Runner, small_disk) -> None:
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:  # all but ~16 KiB of the disk
+        f.write(b"\0" * (256 - 16) * 1024)
+    # 1000 lines (~70 KB) into ~16 KiB of room; then, on SIGUSR1, 200 more.
+    script = ("import signal, sys\n"
+              "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
+              "for i in range(1000): print(f'line {i:05d} ' + 'x' * 60)\n"
+              "sys.stdout.flush()\n"
+              "signal.sigwait({signal.SIGUSR1})\n"
+              "for i in range(1000, 1200): print(f'line {i:05d} ' + 'x' * 60)\n")
+    c = runner.start(runner.spec(["/usr/bin/python3", "-c", script],
+                                 log=LogSpec(dir=str(small_disk))))
+    log = small_disk / f"{c.name}.out.log"
+
+    def full() -> bool:
+        st = os.statvfs(small_disk)
+        return st.f_bavail * st.f_frsize < 4096
+    wait_for(full, 10)
+    time.sleep(0.3)  # the rest of the first 1000 meets the full disk
+    filler.unlink()
+    c.signal(signal.SIGUSR1)
+    assert c.wait(20).exit_code == 0
+    lines = log.read_bytes().split(b"\n")
+    assert lines[-1] == b""  # ends with a whole line
+    numbers, lost = [], []
+    for line in lines[:-1]:
+        if m := _LINE.fullmatch(line):
+            numbers.append(int(m.group(1)))
+        else:
+            m = _NOTE.fullmatch(line)
+            assert m, f"not a whole line: {line[:80]!r}"
+            lost.append((len(numbers), int(m.group(1))))
+    assert len(lost) == 1 and lost[0][1] > 500  # most of the first 1000
+    at, count = lost[0]
+    assert numbers[:at] == list(range(at))
+    assert numbers[at:] == list(range(at + count, 1200))  # the note's count is exact
 
 
 def test_bad_log_spec_is_refused(runner: Runner, tmp_path) -> None:

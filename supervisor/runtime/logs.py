@@ -11,7 +11,9 @@ a line boundary: ``.log.<N-1>`` -> ``.log.<N>`` ... ``.log`` -> ``.log.1``, then
 ``.log``. A line longer than ``max_bytes`` gets a file of its own; a line is only split
 beyond LOG_LINE_MAX bytes. At most every 0.5 s of writing, the init checks that the name
 still leads to its file and reopens it if someone moved or removed it (``clear``,
-logrotate). Container-side code: plain ``os`` calls, no imports beyond the loaded ones.
+logrotate). A full disk loses whole lines, never parts of one, and the first line written
+after it says how many were lost. Container-side code: plain ``os`` calls, no imports
+beyond the loaded ones.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOL
 class LogFile:
     """One rotated log file, written through ``dir_fd``."""
 
-    __slots__ = ("dir_fd", "name", "max_bytes", "backups", "fd", "size", "ident", "checked")
+    __slots__ = ("dir_fd", "name", "max_bytes", "backups", "fd", "size", "ident", "checked",
+                 "done", "lost", "lost_reason")
 
     def __init__(self, dir_fd: int, name: str, max_bytes: int, backups: int) -> None:
         self.dir_fd = dir_fd
@@ -40,6 +43,9 @@ class LogFile:
         self.size = 0
         self.ident = (0, 0)
         self.checked = time.monotonic()
+        self.done = 0  # bytes of the current write() in the file
+        self.lost = 0  # lines dropped since the last write that worked
+        self.lost_reason = ""
         self.open()  # raises OSError: a launch error, when the init opens it first
 
     def open(self) -> None:
@@ -53,36 +59,69 @@ class LogFile:
             self.fd = -1
 
     def write(self, data: bytes) -> None:
-        """Append ``data`` (whole lines, or a piece of an over-long one); never raises."""
+        """Append ``data`` (whole lines, or a piece of an over-long one); never raises.
+
+        What cannot be written (a full disk, a vanished directory) is dropped a whole
+        line at a time - a line cut short is cut out of the file again - and counted:
+        the next write that works starts with a line saying how many were lost and why.
+        """
+        note = b""
+        if self.lost:
+            note = (f"nsvisor: {self.lost} line{'s' if self.lost > 1 else ''} lost here "
+                    f"({self.lost_reason})\n").encode()
+        self.done = 0
         try:
-            now = time.monotonic()
-            if self.fd < 0 or now - self.checked >= _CHECK_EVERY:
-                self.checked = now
-                self._reopen_if_moved()
-            limit = self.max_bytes
-            while data:
-                room = limit - self.size
-                if limit <= 0 or len(data) <= room:
-                    self._write(data)
-                    return
-                # Up to the end of the last whole line that fits.
-                cut = data.rfind(b"\n", 0, room) + 1 if room > 0 else 0
-                if cut == 0 and self.size == 0:  # one line longer than max_bytes: alone
-                    cut = data.find(b"\n") + 1 or len(data)
-                if cut:
-                    self._write(data[:cut])
-                    data = data[cut:]
-                if data:
-                    self.rotate()
-        except OSError:
-            pass  # a full or vanished disk must not stop the init; the data is dropped
+            self._append(note + data)
+        except OSError as e:
+            if note and self.done >= len(note):
+                self.lost = 0  # the note got in: a new count starts after it
+            rest = data[max(0, self.done - len(note)):]
+            if rest:
+                self.lost += rest.count(b"\n") + (not rest.endswith(b"\n"))
+            self.lost_reason = e.strerror or str(e)
+        else:
+            self.lost = 0
+
+    def _append(self, data: bytes) -> None:
+        now = time.monotonic()
+        if self.fd < 0 or now - self.checked >= _CHECK_EVERY:
+            self.checked = now
+            self._reopen_if_moved()
+        limit = self.max_bytes
+        while data:
+            room = limit - self.size
+            if limit <= 0 or len(data) <= room:
+                self._write(data)
+                return
+            # Up to the end of the last whole line that fits.
+            cut = data.rfind(b"\n", 0, room) + 1 if room > 0 else 0
+            if cut == 0 and self.size == 0:  # one line longer than max_bytes: alone
+                cut = data.find(b"\n") + 1 or len(data)
+            if cut:
+                self._write(data[:cut])
+                data = data[cut:]
+            if data:
+                self.rotate()
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            self.size += n
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                self.size += n
+                self.done += n
+                view = view[n:]
+        except OSError:
+            written = len(data) - len(view)
+            tail = written - (data.rfind(b"\n", 0, written) + 1)
+            if tail and self.fd >= 0:  # a line cut short: out of the file with it
+                try:
+                    os.ftruncate(self.fd, self.size - tail)
+                    self.size -= tail
+                    self.done -= tail
+                except OSError:
+                    pass
+            raise
 
     def _reopen_if_moved(self) -> None:
         try:
