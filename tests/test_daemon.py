@@ -177,6 +177,33 @@ def test_a_start_held_by_a_dependency_says_which_one(daemon: Daemon) -> None:
     assert daemon.stop() == 0
 
 
+def test_a_start_cut_short_by_a_stop_says_so(daemon: Daemon) -> None:
+    # It answered "spawn error (stopped: killed by SIGTERM)", and nsvisorctl sent the
+    # operator to the container's own (empty) stderr log.
+    daemon.write_config('[containers.{p}-slow]\ncommand = ["/bin/sleep", "1000"]\n'
+                        'startsecs = "5s"\nautostart = false\n')
+    daemon.start()
+    wait_for(lambda: daemon.events("started"), 15, "nsvisord to start")
+    ctl = subprocess.Popen(
+        [sys.executable, "-m", "supervisor.cli.main", "-s", f"{daemon.tmp}/nsvisor.sock",
+         "start", daemon.name("slow")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        daemon.wait_state("slow", "STARTING")
+        assert daemon.api("POST", "/v1/stop", {"names": [daemon.name("slow")]})[0] == 200
+        out, err = ctl.communicate(timeout=30)
+    finally:
+        if ctl.poll() is None:
+            ctl.kill()
+            ctl.wait()
+    assert ctl.returncode == 7
+    assert out == f"{daemon.name('slow')}: ERROR (stopped by a stop request before it " \
+                  "was running)\n"
+    assert err == f"nsvisorctl: start failed for {daemon.name('slow')} " \
+                  "(see 'nsvisorctl status')\n"
+    assert daemon.stop() == 0
+
+
 def test_stop_escalates_to_sigkill_and_nothing_survives(daemon: Daemon) -> None:
     daemon.write_config(
         '[containers.{p}-stubborn]\n'

@@ -449,7 +449,8 @@ def print_results(ctx: Context, verb: str, answer: Any, wait: bool = True) -> in
     if ctx.json:
         ctx.dump(answer)
     failed = []
-    held = False  # a start that waits for a dependency: its own log says nothing
+    # A start held by a dependency, or cut short by someone's stop: its log says nothing.
+    held = False
     for r in results:
         name = r.get("name", "?")
         if r.get("ok"):
@@ -459,7 +460,7 @@ def print_results(ctx: Context, verb: str, answer: Any, wait: bool = True) -> in
             line = f"{name}: ERROR ({error})"
             if not error.startswith(_IGNORED.get(verb, "\0")):
                 failed.append(name)
-                held = held or error.startswith("waiting for ")
+                held = held or error.startswith(("waiting for ", "stopped by "))
         if not ctx.json:
             ctx.print(line)
     if failed:

@@ -207,6 +207,8 @@ class Supervisor:
                     continue
                 if settled and self._waiting_for(unit):  # a dependency will not run
                     errors[name] = self._waiting_for(unit)
+                elif unit.policy.state is State.STOPPED:  # only a stop leads there
+                    errors[name] = "stopped by a stop request before it was running"
                 else:
                     errors[name] = f"spawn error ({unit.policy.state.name.lower()}: " \
                                    f"{unit.policy.last_exit_reason or 'did not start'})"
