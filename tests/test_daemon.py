@@ -60,21 +60,37 @@ def test_bad_config_exits_2_naming_file_and_key(daemon: Daemon) -> None:
     assert not daemon.state_dir.exists(), "a bad config must change nothing"
 
 
-def test_a_second_daemon_on_the_same_socket_is_one_error_and_harms_none(
-        daemon: Daemon) -> None:
+@pytest.mark.parametrize("shared", ["socket", "state_dir", "both"])
+def test_a_second_daemon_on_the_same_socket_or_state_is_one_error_and_harms_none(
+        daemon: Daemon, shared: str) -> None:
+    # A second nsvisord on the same state_dir (another socket) used to re-adopt the
+    # first one's containers: two supervisors, each stopping and restarting them.
     daemon.write_config('[containers.{p}-a]\ncommand = ["/bin/sleep", "1000"]\n'
                         'startsecs = 0\n')
     daemon.start()
     pid = daemon.wait_state("a", "RUNNING")["pid"]
+    config = daemon.config.read_text()
+    if shared == "socket":
+        config = config.replace(str(daemon.state_dir), f"{daemon.tmp}/other-state")
+    elif shared == "state_dir":
+        config = config.replace(f"{daemon.tmp}/nsvisor.sock", f"{daemon.tmp}/other.sock")
+    second_config = daemon.tmp / "second.toml"
+    second_config.write_text(config)
     second = subprocess.run(
-        [sys.executable, "-m", "supervisor.daemon.main", "-c", str(daemon.config)],
+        [sys.executable, "-m", "supervisor.daemon.main", "-c", str(second_config)],
         capture_output=True, text=True, timeout=30)
     assert second.returncode == 1
     assert second.stderr.splitlines() == [
-        f"nsvisord: {daemon.tmp}/nsvisor.sock is in use: is another nsvisord running?"]
+        f"nsvisord: {daemon.tmp}/nsvisor.sock is in use: is another nsvisord running?"
+        if shared == "socket" else
+        f"nsvisord: state_dir {daemon.state_dir} is in use by nsvisord pid "
+        f"{daemon.proc.pid}: one nsvisord per state_dir (stop that one first, or give "
+        "this one its own state_dir)"]
+    assert not (daemon.tmp / "other.sock").exists()
     assert daemon.state("a")["pid"] == pid and daemon.state("a")["state"] == "RUNNING"
     assert daemon.api("GET", "/v1/containers")[0] == 200  # the first still serves
     assert daemon.stop() == 0
+    assert alive(pid) is False
 
 
 def test_a_socket_group_that_does_not_exist_is_a_config_error(daemon: Daemon) -> None:

@@ -19,6 +19,7 @@ from ..runtime.reaper import DEFAULT_REAPER, Reaper
 from . import logs
 from .api import ApiServer
 from .signals import SignalReader
+from .store import StateDirBusy, lock_state_dir
 from .supervisor import Supervisor
 
 DEFAULT_CONFIG = "/etc/nsvisor/nsvisor.toml"
@@ -95,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if os.geteuid() != 0:
         print("nsvisord: must run as root (namespaces, mounts, cgroups)", file=sys.stderr)
+        return 1
+    try:
+        _held = lock_state_dir(config.supervisor.state_dir)  # until we exit
+    except StateDirBusy as e:
+        print(f"nsvisord: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"nsvisord: cannot use state_dir {config.supervisor.state_dir}: "
+              f"{e.strerror or e}", file=sys.stderr)
         return 1
     try:
         logs.configure(args.log_level, args.log_file)

@@ -22,6 +22,7 @@ supervision goes on, only a restarted nsvisord would find that file stale.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 from typing import Any
@@ -31,6 +32,37 @@ import structlog
 log = structlog.get_logger("nsvisord")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _failing: set[str] = set()  # state files whose last write failed
+
+
+class StateDirBusy(Exception):
+    """Another nsvisord holds the state_dir; the message names it and what to do."""
+
+
+def lock_state_dir(state_dir: str) -> int:
+    """Claim ``state_dir`` for this nsvisord: an exclusive ``flock`` on its
+    ``nsvisord.lock`` (which then holds our pid), held until the process ends - by a
+    ``kill -9`` too, so a restarted nsvisord takes it over and re-adopts. Two daemons on
+    one state_dir would re-adopt the same containers and fight over them.
+
+    Returns the lock's fd (keep it open); StateDirBusy if another nsvisord holds it,
+    OSError if the directory cannot be made or the file opened."""
+    os.makedirs(state_dir, exist_ok=True)
+    fd = os.open(os.path.join(state_dir, "nsvisord.lock"),
+                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StateDirBusy(
+            f"state_dir {state_dir} is in use by nsvisord pid {holder}: one nsvisord per "
+            "state_dir (stop that one first, or give this one its own state_dir)") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 class StateStore:
