@@ -572,6 +572,19 @@ def test_bad_env_name() -> None:
     )
 
 
+def test_what_exec_cannot_take_is_refused_before_any_start() -> None:
+    # Each argument and each NAME=value is at most MAX_ARG_STRLEN (128 KiB) for execve:
+    # longer ones used to fail every start, retried until FATAL.
+    assert container_err(f'env = {{ BIG = "{"x" * 131068}" }}') == (
+        "demo.toml: containers.web.env.BIG: 131072 bytes: exec takes at most 131071 per "
+        "variable (NAME=value)")
+    assert parse_config(MIN + f'env = {{ BIG = "{"x" * 131067}" }}', "demo.toml")
+    text = MIN.replace('"/bin/true"', f'"/bin/true", "{"y" * 131072}"')
+    assert str(err(text)) == (
+        "demo.toml: containers.web.command[1]: 131072 bytes: exec takes at most 131071 "
+        "per argument")
+
+
 def test_bad_hostname() -> None:
     assert container_err('hostname = "bad host"').startswith(
         'demo.toml: containers.web.hostname: "bad host" is not a valid hostname'
@@ -739,6 +752,11 @@ def test_network_errors_name_the_key(containers: str, message: str) -> None:
 
 
 def test_network_table_errors() -> None:
+    # A missing driver read "None is not a driver".
+    assert net_err("", '[networks.x]\nsubnet = "10.0.0.0/24"\n') == (
+        'demo.toml: networks.x.driver: required key is missing (use "veth" or "bridge")')
+    assert net_err("", '[networks.x]\ndriver = "bridge"\n') == (
+        'demo.toml: networks.x.subnet: required key is missing (e.g. "10.123.0.0/24")')
     assert net_err("", '[networks.x]\ndriver = "macvlan"\nsubnet = "10.0.0.0/24"\n') == (
         "demo.toml: networks.x.driver: 'macvlan' is not a driver (use \"veth\" or \"bridge\")")
     assert net_err("", '[networks.x]\ndriver = "bridge"\nsubnet = "10.0.0.0/33"\n') == (

@@ -343,6 +343,20 @@ def test_env_workdir_and_rlimits(runner: Runner) -> None:
     assert ran.stdout.split() == ["prod", "/tmp", "321"]
 
 
+def test_an_env_as_large_as_exec_takes_reaches_the_workload(runner: Runner) -> None:
+    # 12 variables of 100 KB: 1.2 MB, under exec's 2 MiB. The spec crosses to the init in
+    # one packet, which a socket's default send buffer (~208 KiB) refused: EMSGSIZE.
+    env = {f"V{i}": chr(ord("a") + i) * 100_000 for i in range(12)}
+    ran = runner.sh('for v in "$V0" "$V11"; do echo ${#v} $(echo "$v" | head -c 1); done',
+                    env=env)
+    assert (ran.status.exit_code, ran.stdout) == (0, "100000 a\n100000 l\n")
+    # Past what any exec takes, a launch says what is too big and leaves nothing.
+    env = {f"V{i}": "x" * 100_000 for i in range(50)}
+    with pytest.raises(LaunchError, match=r"its spec is \d+ bytes, more than the 4194304 a "
+                                          "launch carries: shrink its env or command"):
+        runner.start(runner.spec(["/bin/true"], env=env))
+
+
 def test_readonly_rootfs_and_user_mounts(runner: Runner, tmp_path) -> None:
     data = tmp_path / "data"
     data.mkdir()

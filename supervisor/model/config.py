@@ -435,6 +435,21 @@ def _string(value: Any, where: str) -> str:
     return value
 
 
+# The kernel's MAX_ARG_STRLEN: the longest argument or "NAME=value" an exec takes.
+_EXEC_STRING_MAX = 131072
+
+
+def _exec_string(value: Any, where: str, prefix: str = "") -> str:
+    """A string that reaches the workload's exec (an argument, an env value)."""
+    _string(value, where)
+    size = len(prefix.encode()) + len(value.encode()) + 1
+    if size > _EXEC_STRING_MAX:
+        what = "variable (NAME=value)" if prefix else "argument"
+        raise ConfigError(f"{size - 1} bytes: exec takes at most {_EXEC_STRING_MAX - 1} "
+                          f"per {what}", where)
+    return value
+
+
 def _nonempty_string(value: Any, where: str) -> str:
     if not _string(value, where):
         raise ConfigError("must not be empty", where)
@@ -523,7 +538,7 @@ def _env(value: Any, where: str) -> dict[str, str]:
     for key, val in value.items():
         if not key or "=" in key or "\0" in key:
             raise ConfigError(f'{_show(key)} is not a valid variable name (no "=")', where)
-        _string(val, _join(where, key))
+        _exec_string(val, _join(where, key), prefix=f"{key}=")
     return dict(value)
 
 
@@ -779,7 +794,7 @@ _STRINGS = "an array of strings"
 _CONTAINER = _Table(
     ContainerConfig,
     {
-        "command": _array(_string, what=_STRINGS + " (argv; no shell)", nonempty=True),
+        "command": _array(_exec_string, what=_STRINGS + " (argv; no shell)", nonempty=True),
         "rootfs": _rootfs,
         "hostname": _hostname,
         "namespaces": _array(

@@ -94,12 +94,16 @@ def parse_networks(value: Any, where: str) -> dict[str, NetworkConfig]:
             key = sorted(unknown)[0]
             raise ConfigError("unknown key (known: driver, subnet, bridge_name)",
                               f"{path}.{key}")
-        driver = table.get("driver")
+        for key, example in (("driver", 'use "veth" or "bridge"'),
+                             ("subnet", 'e.g. "10.123.0.0/24"')):
+            if key not in table:
+                raise ConfigError(f"required key is missing ({example})", f"{path}.{key}")
+        driver = table["driver"]
         if driver not in DRIVERS:
             raise ConfigError(f"{driver!r} is not a driver (use \"veth\" or \"bridge\")",
                               f"{path}.driver")
         try:
-            subnet = ipaddress.IPv4Network(table.get("subnet", ""), strict=False)
+            subnet = ipaddress.IPv4Network(table["subnet"], strict=False)
         except (ValueError, TypeError):
             raise ConfigError(f"{table.get('subnet')!r} is not an IPv4 subnet "
                               "(e.g. \"10.123.0.0/24\")", f"{path}.subnet") from None

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from ..linux import libc, threadcg
 from ..linux.fdwait import readable
 from ..model.idranges import IdRanges
+from .consts import SPEC_MAX
 from .errors import LaunchError, SetupError
 from .reaper import DEFAULT_REAPER, Reaper
 from .rootfs import Sources
@@ -374,7 +375,7 @@ class Runtime:
             exit_fd = -1  # the container owns it now
             _prepare(pid, spec, log_fd, join_outside)
             # The spec is the init's "go": it is in its cgroups, with its limits and maps.
-            report.send(marshal.dumps(spec.to_wire()))
+            _send_spec(report, spec)
             if spec.hold:
                 yield from _report_of(report, spec, want="created")
             else:
@@ -466,6 +467,20 @@ def _prepare(pid: int, spec: ContainerSpec, log_fd: int, procs_files: list[str])
                         os.close(userns)
     except SetupError as e:
         raise LaunchError(f"{spec.name}: {e}", errno=e.errno, step=e.step) from None
+
+
+def _send_spec(sock: socket.socket, spec: ContainerSpec) -> None:
+    """Send the spec in one packet. A socket's send buffer (~208 KiB) caps a packet: a
+    bigger spec (a large env) gets a buffer to fit, up to SPEC_MAX."""
+    data = marshal.dumps(spec.to_wire())
+    if len(data) > SPEC_MAX:
+        raise LaunchError(f"{spec.name}: its spec is {len(data)} bytes, more than the "
+                          f"{SPEC_MAX} a launch carries: shrink its env or command",
+                          step="send the spec")
+    if len(data) > 65536:
+        # FORCE: past net.core.wmem_max, which we are root enough to ignore.
+        sock.setsockopt(socket.SOL_SOCKET, libc.SO_SNDBUFFORCE, len(data) + 65536)
+    sock.send(data)
 
 
 def _report_of(sock: socket.socket, spec: ContainerSpec, want: str | None,

@@ -26,5 +26,9 @@ DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 # An unprivileged host id range of this size backs each user namespace.
 ID_RANGE_SIZE = 65536
 
+# The largest spec a launch carries to the init, in one packet: env and argv up to what an
+# exec takes (ARG_MAX is 2 MiB with the usual 8 MiB stack), with room for the rest.
+SPEC_MAX = 4 << 20
+
 # Log lines longer than this are split; shorter ones always reach the file whole.
 LOG_LINE_MAX = 65536

@@ -33,6 +33,7 @@ import os
 from ..linux import caps, libc
 from . import rootfs
 from .become import DEFAULT_PATH, default_signals, execvpe, set_identity
+from .consts import SPEC_MAX
 from .errors import SetupError, step
 from .init import Init, block_signals
 from .logs import Logs
@@ -94,7 +95,7 @@ def run_init(fds: dict[str, int], last_cap: int):
         libc.prctl(libc.PR_SET_DUMPABLE, 0)
         sfd = block_signals()
         os.chdir("/")  # so that the pivot moves our cwd off the host too
-        data = os.read(report, 1 << 20)  # the spec: the caller's "go"
+        data = os.read(report, SPEC_MAX)  # the spec: the caller's "go"
         if not data:
             os._exit(1)  # the caller gave up on us (and reported why)
         spec = spec_from_wire(marshal.loads(data))
