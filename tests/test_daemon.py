@@ -792,6 +792,41 @@ def test_a_stale_state_dir_is_not_trusted(daemon: Daemon) -> None:
         stranger.wait(10)
 
 
+def test_a_state_saved_before_a_reboot_names_no_process(daemon: Daemon) -> None:
+    """After a reboot the same pid and start time may well be another process's (boot
+    order is much the same every time): with a state_dir on disk, nsvisord adopted such
+    a stranger as a container, or SIGKILLed it as one removed from the config."""
+    daemon.write_config(
+        '[containers.{p}-rebooted]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n')
+    daemon.start()
+    old = daemon.wait_state("rebooted", "RUNNING")["pid"]
+    assert daemon.stop() == 0
+    strangers = [subprocess.Popen(["/bin/sleep", "60"]) for _ in range(2)]
+    try:
+        states = daemon.state_dir / "containers"
+        saved = json.loads((states / f"{daemon.name('rebooted')}.json").read_text())
+        assert "boot_id" in saved
+        for name, stranger in zip(("rebooted", "removed"), strangers, strict=True):
+            with open(f"/proc/{stranger.pid}/stat") as f:
+                start = int(f.read().rsplit(")", 1)[1].split()[19])
+            saved.update(pid=stranger.pid, pid_start=start, boot_id="0" * 32)
+            saved["policy"]["state"], saved["policy"]["process_alive"] = "RUNNING", True
+            (states / f"{daemon.name(name)}.json").write_text(json.dumps(saved))
+        daemon.start()
+        fresh = wait_for(lambda: (st := daemon.state("rebooted")).get("state") == "RUNNING"
+                         and st.get("pid") not in (old, strangers[0].pid) and st, 15)
+        assert fresh["pid"]
+        assert not daemon.events("re-adopted")
+        assert daemon.events("state saved before a reboot: not re-adopted", "rebooted")
+        assert not (states / f"{daemon.name('removed')}.json").exists()
+        assert daemon.stop() == 0
+        assert [s.poll() for s in strangers] == [None, None], "a stranger was touched"
+    finally:
+        for stranger in strangers:
+            stranger.kill()
+            stranger.wait(10)
+
+
 def test_readopted_containers_keep_their_id_range(daemon: Daemon) -> None:
     one = '[containers.{p}-a]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
     daemon.write_config(one)

@@ -161,6 +161,32 @@ def _replace(path: str, text: bytes) -> None:
     os.replace(tmp, path)
 
 
+def boot_id() -> str:
+    """This boot's random id (/proc/sys/kernel/random/boot_id): a state file written
+    before a reboot names processes that are gone, whatever holds their pids now."""
+    global _boot_id
+    if _boot_id is None:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            _boot_id = f.read().strip()
+    return _boot_id
+
+
+_boot_id: str | None = None
+
+
+def init_left_running(data: dict[str, Any]) -> int | None:
+    """The pid of the container init a state file names, if that very process still
+    runs: the same boot, pid and start time (a pid reused by another process has another
+    start time; after a reboot, the same pid and start time may well be another's).
+    State files from before boot ids were recorded are trusted on pid and start time."""
+    pid, start = data.get("pid"), data.get("pid_start")
+    if not (pid and start):
+        return None
+    if data.get("boot_id", boot_id()) != boot_id():
+        return None
+    return pid if process_start_time(pid) == start else None
+
+
 def process_start_time(pid: int) -> int | None:
     """The live process's start time in clock ticks since boot (/proc/PID/stat field 22).
 

@@ -45,7 +45,7 @@ from ..specs import spec_from_config
 from .events import EventBus
 from .exits import ExitWatcher
 from .network import NetworkManager
-from .store import StateStore, process_start_time
+from .store import StateStore, boot_id, init_left_running, process_start_time
 
 log = structlog.get_logger("nsvisord")
 T = TypeVar("T")
@@ -705,7 +705,10 @@ class Supervisor:
             return
         pid, pid_start = data.get("pid"), data.get("pid_start")
         now = self.clock()
-        if pid and pid_start and process_start_time(pid) == pid_start:
+        if pid and data.get("boot_id", boot_id()) != boot_id():
+            log.info("state saved before a reboot: not re-adopted", container=cfg.name,
+                     pid=pid)
+        if init_left_running(data):
             try:
                 unit.container = Container(spec_from_config(cfg), pid, reaper=self.reaper,
                                            exit_file=self.store.exit_file(cfg.name))
@@ -749,8 +752,8 @@ class Supervisor:
     async def _discard_stale(self, name: str) -> None:
         """A container the config no longer has, left running by a previous daemon."""
         data = self.store.load(name) or {}
-        pid, pid_start = data.get("pid"), data.get("pid_start")
-        if pid and pid_start and process_start_time(pid) == pid_start:
+        pid = init_left_running(data)
+        if pid:
             log.info("stopping container removed from the config", container=name, pid=pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -780,6 +783,7 @@ class Supervisor:
             "policy": unit.policy.to_dict(),
             "pid": container.pid if container else None,
             "pid_start": unit.pid_start if container else None,
+            "boot_id": boot_id(),
             "config": unit.launched_with if container else None,
             "history": unit.history,
             "oom_kills": unit.oom_kills,
