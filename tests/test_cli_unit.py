@@ -435,6 +435,15 @@ def test_lifecycle_output_and_codes(sock_path: str, serve: Callable, argv: list[
         assert body["wait"] is ("--no-wait" not in argv)
 
 
+def test_many_failures_fit_one_line(sock_path: str, serve: Callable) -> None:
+    names = [f"web{i:03d}" for i in range(120)]
+    serve(route({"POST /v1/start": results(*((n, "spawn error (x)") for n in names))}))
+    code, out, err = run(["-s", sock_path, "start", "all"])
+    assert (code, len(out.splitlines())) == (7, 120)
+    assert err == ("nsvisorctl: start failed for web000, web001, web002 and 117 more "
+                   "(see 'nsvisorctl tail web000 stderr')\n")
+
+
 def test_unknown_name_is_4(sock_path: str, serve: Callable) -> None:
     serve(route({"POST /v1/start": [error(404, "no such container: foo", "not_found")]}))
     code, out, err = run(["-s", sock_path, "start", "foo"])

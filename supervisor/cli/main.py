@@ -467,9 +467,16 @@ def print_results(ctx: Context, verb: str, answer: Any, wait: bool = True) -> in
         what = {"signal": "signal"}.get(verb, verb)
         hint = (f"see '{PROG} status'" if verb in ("stop", "signal") or held
                 else f"see '{PROG} tail {failed[0]} stderr'")
-        ctx.warn(f"{what} failed for {', '.join(failed)} ({hint})")
+        ctx.warn(f"{what} failed for {_some(failed)} ({hint})")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    """``a, b, c`` - or ``a, b, c and 97 more``: one line on a terminal, for "all" too."""
+    if len(names) <= shown + 1:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])} and {len(names) - shown} more"
 
 
 def _lifecycle(verb: str) -> Callable[[Context, argparse.Namespace], int]:
