@@ -285,6 +285,36 @@ def _master_is(link: str, bridge: str) -> bool:
     return f"master {bridge} " in out
 
 
+def test_containers_removed_while_they_start_fail_alone(daemon: Daemon) -> None:
+    # An update released the addresses of the containers it removed before stopping
+    # them; one still starting then wired itself with no address, and the error ended
+    # nsvisord (found by churning names through `nsvisorctl update`).
+    lab, base = subnet()
+
+    def config(generation: int) -> None:
+        daemon.write_config(
+            f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{base}.0/24"\n\n'
+            + "".join(f'[containers.{{p}}-g{generation}c{i}]\n'
+                      'command = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+                      f'networks = ["{lab}"]\n\n' for i in range(8)))
+
+    config(0)
+    daemon.start()
+    for i in range(8):
+        daemon.wait_state(f"g0c{i}", "RUNNING")
+    for generation in range(1, 6):  # each update removes the last one's, still starting
+        config(generation)
+        status, answer = daemon.api("POST", "/v1/update", {})
+        assert status == 200, answer
+    assert daemon.proc.poll() is None, daemon.log_text()[-2000:]
+    for i in range(8):
+        daemon.wait_state(f"g5c{i}", "RUNNING")
+    assert not daemon.events("internal error")
+    status, listed = daemon.api("GET", "/v1/containers")
+    assert sorted(c["name"] for c in listed) == sorted(daemon.name(f"g5c{i}") for i in range(8))
+    assert daemon.stop() == 0
+
+
 def test_fifty_containers_on_one_bridge_are_all_reachable(daemon: Daemon) -> None:
     lab, base = subnet()
     containers = "".join(

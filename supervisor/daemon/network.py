@@ -26,6 +26,7 @@ from ..model.config import ContainerConfig
 from ..model.ipam import Ipam
 from ..model.networks import NetworkConfig, PortConfig, default_bridge_name
 from ..model.units import ConfigError
+from ..runtime import LaunchError
 from .store import write_state
 
 if TYPE_CHECKING:
@@ -180,8 +181,12 @@ class NetworkManager:
         gateway_given = False
         try:
             for i, att in enumerate(cfg.networks):
-                net = self.networks[att.network]
+                net = self.networks.get(att.network)
                 addr = self.address(cfg.name, att.network)
+                if net is None or addr is None:  # a reload took it off while it started
+                    raise LaunchError(f"{cfg.name}: no longer on network {att.network} "
+                                      "(the config changed while it started)",
+                                      step="wire networks")
                 cidr = f"{addr}/{net.network.prefixlen}"
                 ifname = f"eth{i}"
                 if net.driver == "bridge":

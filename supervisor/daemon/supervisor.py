@@ -469,7 +469,7 @@ class Supervisor:
 
     def _task(self, fn: Callable[..., Any], *args: Any) -> None:
         assert self._tg is not None
-        self._tg.start_soon(fn, *args)
+        self._tg.start_soon(_contained, fn, *args, name=getattr(fn, "__name__", None))
 
     async def _spawn(self, unit: Unit) -> None:
         # A container starts only once everything it depends on is RUNNING; stopped
@@ -491,6 +491,11 @@ class Supervisor:
         except (LaunchError, SpecError, CgroupError, OSError) as e:
             log.warning("spawn failed", container=unit.name, error=str(e))
             self._apply(unit, unit.policy.spawn_failed(self.clock(), str(e)))
+            return
+        except Exception as e:  # a bug of ours: this start fails, supervision goes on
+            log.exception("spawn failed: internal error", container=unit.name)
+            self._apply(unit, unit.policy.spawn_failed(self.clock(),
+                                                       f"internal error: {e!r}"))
             return
         finally:
             self._launched()
@@ -906,6 +911,16 @@ class Supervisor:
             cgroup.destroy()
         except CgroupError as e:
             log.warning("cgroup cleanup failed", cgroup=cgroup.name, error=str(e))
+
+
+async def _contained(fn: Callable[..., Any], *args: Any) -> None:
+    """Run a background task of the supervisor; an exception it did not expect (a bug)
+    is logged with its traceback instead of ending the task group, and with it the
+    supervision of every container."""
+    try:
+        await fn(*args)
+    except Exception:
+        log.exception("internal error", task=getattr(fn, "__name__", repr(fn)))
 
 
 async def _run_steps(steps: Steps[T], timeout: float, name: str) -> T:
