@@ -58,3 +58,17 @@ def test_parsing_does_not_load_shutil() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=30, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_signal_that_comes_while_nsvisord_ends_does_not_cut_its_end_short() -> None:
+    # A second SIGTERM during shutdown stayed pending once the signal task was gone;
+    # closing the signal reader unblocked it and the daemon died of it (status -15),
+    # its last log lines and any error unwritten.
+    code = ("import os, signal; from supervisor.daemon.signals import SignalReader\n"
+            "r = SignalReader(); r.open()\n"
+            "os.kill(os.getpid(), signal.SIGTERM)  # nobody reads it any more\n"
+            "r.close()\n"
+            "print('last words', flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30)
+    assert (done.returncode, done.stdout) == (0, "last words\n")

@@ -31,10 +31,12 @@ class SignalReader:
         self.fd = libc.signalfd(HANDLED, libc.SFD_CLOEXEC | libc.SFD_NONBLOCK)
 
     def close(self) -> None:
+        """Close the signalfd. The signals stay blocked: nsvisord is ending, and one
+        that came meanwhile (a second SIGTERM, a SIGHUP) would otherwise end it at once,
+        before its error and its last log lines are written."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
 
     async def __aiter__(self) -> AsyncIterator[int]:
         size = libc.SIGNALFD_SIGINFO_SIZE
