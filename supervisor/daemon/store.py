@@ -174,15 +174,18 @@ def boot_id() -> str:
 _boot_id: str | None = None
 
 
+def saved_before_a_reboot(data: dict[str, Any]) -> bool:
+    """Whether a state file was written in an earlier boot (files from before boot ids
+    were recorded count as this boot's)."""
+    return data.get("boot_id", boot_id()) != boot_id()
+
+
 def init_left_running(data: dict[str, Any]) -> int | None:
     """The pid of the container init a state file names, if that very process still
     runs: the same boot, pid and start time (a pid reused by another process has another
-    start time; after a reboot, the same pid and start time may well be another's).
-    State files from before boot ids were recorded are trusted on pid and start time."""
+    start time; after a reboot, the same pid and start time may well be another's)."""
     pid, start = data.get("pid"), data.get("pid_start")
-    if not (pid and start):
-        return None
-    if data.get("boot_id", boot_id()) != boot_id():
+    if not (pid and start) or saved_before_a_reboot(data):
         return None
     return pid if process_start_time(pid) == start else None
 

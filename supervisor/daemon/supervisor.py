@@ -45,7 +45,13 @@ from ..specs import spec_from_config
 from .events import EventBus
 from .exits import ExitWatcher
 from .network import NetworkManager
-from .store import StateStore, boot_id, init_left_running, process_start_time
+from .store import (
+    StateStore,
+    boot_id,
+    init_left_running,
+    process_start_time,
+    saved_before_a_reboot,
+)
 
 log = structlog.get_logger("nsvisord")
 T = TypeVar("T")
@@ -710,7 +716,7 @@ class Supervisor:
             return
         pid, pid_start = data.get("pid"), data.get("pid_start")
         now = self.clock()
-        if pid and data.get("boot_id", boot_id()) != boot_id():
+        if pid and saved_before_a_reboot(data):
             log.info("state saved before a reboot: not re-adopted", container=cfg.name,
                      pid=pid)
         if init_left_running(data):
