@@ -526,8 +526,16 @@ def test_tail_and_events(sock_path: str, serve: Callable) -> None:
     code, out, _ = run(["-s", sock_path, "events"])
     assert code == 0 and "web state RUNNING -> EXITED" in out
     s.handler = lambda d, f: [nd, b'{"line": "x"}\n{"line": "y"}\n']
-    assert run(["-s", sock_path, "tail", "-f", "web"])[:2] == (0, "x\ny\n")
+    # The daemon ended the stream (stopped, restarted): said so, not a silent success.
+    assert run(["-s", sock_path, "tail", "-f", "web"]) == (
+        1, "x\ny\n", "nsvisorctl: nsvisord ended the stream: it stopped or restarted, or "
+        "this reader fell behind (run 'nsvisorctl tail -f web' again)\n")
     assert b"follow=1" in s.requests[-1][0]
+    s.handler = lambda d, f: [nd, b'{"time": 0, "type": "reload", "ok": true}\n']
+    code, out, err = run(["-s", sock_path, "events", "-f"])
+    assert (code, err) == (1, "nsvisorctl: nsvisord ended the stream: it stopped or "
+                              "restarted, or this reader fell behind (run 'nsvisorctl "
+                              "events -f' again)\n")
 
 
 # --------------------------------------------------------------------------- formatting

@@ -526,10 +526,17 @@ def cmd_tail(ctx: Context, args: argparse.Namespace) -> int:
             ctx.out.flush()
             item = next(stream, None)
     except KeyboardInterrupt:
-        pass
+        return EXIT_OK
     finally:
         stream.close()
-    return EXIT_OK
+    return _stream_ended(ctx, f"tail -f {args.name}")
+
+
+def _stream_ended(ctx: Context, command: str) -> int:
+    """A followed stream that nsvisord ended: the user asked for "until I stop it"."""
+    ctx.warn(f"nsvisord ended the stream: it stopped or restarted, or this reader fell "
+             f"behind (run '{PROG} {command}' again)")
+    return EXIT_ERROR
 
 
 def _write_line(ctx: Context, line: Any) -> None:
@@ -856,10 +863,10 @@ def cmd_events(ctx: Context, args: argparse.Namespace) -> int:
             ctx.print(json.dumps(e) if ctx.json else fmt_event(e))
             ctx.out.flush()
     except KeyboardInterrupt:
-        pass
+        return EXIT_OK
     finally:
         stream.close()
-    return EXIT_OK
+    return _stream_ended(ctx, "events -f")
 
 
 @command("help", "list the commands, or one command's usage")
