@@ -193,6 +193,29 @@ def test_a_start_held_by_a_dependency_says_which_one(daemon: Daemon) -> None:
     assert daemon.stop() == 0
 
 
+def test_a_restart_brings_back_the_dependents_it_took_down(daemon: Daemon) -> None:
+    # `restart db` stops app first (it depends on db), and used to leave it STOPPED.
+    daemon.write_config(
+        '[containers.{p}-db]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n\n'
+        '[containers.{p}-app]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+        'depends_on = ["{p}-db"]\n\n'
+        '[containers.{p}-idle]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+        'depends_on = ["{p}-db"]\nautostart = false\n')
+    daemon.start()
+    before = {n: daemon.wait_state(n, "RUNNING")["pid"] for n in ("db", "app")}
+    status, answer = daemon.api("POST", "/v1/restart", {"names": [daemon.name("db")]})
+    assert status == 200
+    assert answer["results"] == [{"name": daemon.name("db"), "ok": True, "error": None},
+                                 {"name": daemon.name("app"), "ok": True, "error": None}]
+    after = {n: daemon.state(n) for n in ("db", "app")}
+    assert all(after[n]["state"] == "RUNNING" and after[n]["pid"] != before[n]
+               for n in after), after
+    started = [e["container"] for e in daemon.events("spawned")]
+    assert started[-2:] == [daemon.name("db"), daemon.name("app")]  # in dependency order
+    assert daemon.name("idle") not in started  # it was not running: it stays down
+    assert daemon.stop() == 0
+
+
 def test_a_start_cut_short_by_a_stop_says_so(daemon: Daemon) -> None:
     # It answered "spawn error (stopped: killed by SIGTERM)", and nsvisorctl sent the
     # operator to the container's own (empty) stderr log.

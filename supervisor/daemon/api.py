@@ -202,10 +202,7 @@ class ApiServer:
     async def restart(self, request: Request, stream: SocketStream) -> Any:
         body = request.json()
         names, wait = self._names(body), self._wait(body)
-        await self.sup.stop(names)
-        errors = await self.sup.start(names, wait=wait)
-        return self._results({n: e if e != "already started" else None
-                              for n, e in errors.items()})
+        return self._results(await self.sup.restart(names, wait=wait))
 
     async def signal(self, request: Request, stream: SocketStream) -> Any:
         body = request.json()

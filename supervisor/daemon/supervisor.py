@@ -220,6 +220,18 @@ class Supervisor:
                                    f"{unit.policy.last_exit_reason or 'did not start'})"
         return {name: errors.get(name) for name in names}
 
+    async def restart(self, names: Iterable[str], wait: bool = True) -> dict[str, str | None]:
+        """Stop, then start ``names``. The stop takes down what depends on them first;
+        those of them that were running come back too, after them, and are answered
+        for: a restart of db leaves the app on it running, as it found it."""
+        names = list(names)
+        dependents = [d for n in names for d in self.graph.dependents_of(n)]
+        taken_down = [d for d in dict.fromkeys(dependents) if d not in names
+                      and self.units[d].policy.state not in NOT_RUNNING_STATES]
+        await self.stop(names)
+        errors = await self.start([*names, *taken_down], wait=wait)
+        return {n: e if e != "already started" else None for n, e in errors.items()}
+
     async def _settled(self, unit: Unit, timeout: float) -> bool:
         """Wait until ``unit`` is neither STARTING nor STOPPING, or waits for a
         dependency that stopped or failed; False after ``timeout``."""
