@@ -626,9 +626,8 @@ def test_sigusr2_reopens_the_log_file(daemon: Daemon, tmp_path: Path) -> None:
     assert '"all stopped"' not in rotated.read_text()
 
 
-def test_a_log_reader_that_goes_away_does_not_stop_supervision(daemon: Daemon) -> None:
-    # `nsvisord | head`, a journal that died: every later log line meets EPIPE. It used
-    # to end nsvisord at its next line, leaving the containers unsupervised.
+def _always_restarted_a(daemon: Daemon) -> int:
+    """Config: container "a", restarted at once whenever it dies; the metrics port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -636,6 +635,13 @@ def test_a_log_reader_that_goes_away_does_not_stop_supervision(daemon: Daemon) -
                         'startsecs = 0\nrestart = "always"\n'
                         'backoff = { initial = "1ms", factor = 1.0, max = "1ms" }\n',
                         metrics_listen=f"127.0.0.1:{port}")
+    return port
+
+
+def test_a_log_reader_that_goes_away_does_not_stop_supervision(daemon: Daemon) -> None:
+    # `nsvisord | head`, a journal that died: every later log line meets EPIPE. It used
+    # to end nsvisord at its next line, leaving the containers unsupervised.
+    port = _always_restarted_a(daemon)
     r, w = os.pipe()
     try:
         daemon.start(stderr=w)
@@ -663,13 +669,7 @@ def test_a_log_reader_that_stalls_does_not_stop_supervision(daemon: Daemon) -> N
     # journald stuck, `nsvisord 2>&1 | less` left at a prompt: a full pipe nobody
     # drains. nsvisord used to block in its next log write, supervising nothing and
     # answering no one until the reader woke up.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    daemon.write_config('[containers.{p}-a]\ncommand = ["/bin/sleep", "1000"]\n'
-                        'startsecs = 0\nrestart = "always"\n'
-                        'backoff = { initial = "1ms", factor = 1.0, max = "1ms" }\n',
-                        metrics_listen=f"127.0.0.1:{port}")
+    port = _always_restarted_a(daemon)
     r, w = os.pipe()
     fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)  # a page: full after ~20 lines
     received: list[bytes] = []
