@@ -10,7 +10,7 @@ import time
 import pytest
 
 from supervisor.linux import libc
-from supervisor.runtime import ContainerSpec, LogSpec, Runtime, SpecError
+from supervisor.runtime import ContainerSpec, LaunchError, LogSpec, Runtime, SpecError
 from supervisor.runtime.consts import LOG_LINE_MAX
 
 from .conftest import Runner
@@ -227,6 +227,24 @@ def test_a_full_disk_loses_whole_lines_and_says_how_many(runner: Runner, small_d
     at, count = lost[0]
     assert numbers[:at] == list(range(at))
     assert numbers[at:] == list(range(at + count, 1200))  # the note's count is exact
+
+
+@pytest.mark.parametrize(("kw", "reason"), [
+    ({"command": ["/no/such/cmd"]},
+     "exec /no/such/cmd: No such file or directory (ENOENT)"),
+    ({"command": ["/bin/true"], "workdir": "/no/such/dir"},
+     "chdir /no/such/dir: No such file or directory (ENOENT)"),
+])
+def test_a_start_that_fails_says_why_in_the_stderr_log(runner: Runner, tmp_path, kw,
+                                                       reason) -> None:
+    # The operator's first stop is the log of a container that will not start; it was
+    # empty, the reason only in the daemon's answer and log.
+    spec = runner.spec(kw.pop("command"), log=LogSpec(dir=str(tmp_path)), **kw)
+    with pytest.raises(LaunchError):
+        runner.start(spec)
+    assert read_all(tmp_path, spec.name, "err") == (
+        f"nsvisor: the workload did not start: {reason}\n").encode()
+    assert read_all(tmp_path, spec.name) == b""
 
 
 def test_bad_log_spec_is_refused(runner: Runner, tmp_path) -> None:

@@ -160,12 +160,25 @@ def _workload_process(spec, fds: dict[str, int], stdio: tuple[int, int, int]):
             _exec(spec, stdio, report)
         except OSError as e:  # the init records this process's exit as the workload's
             code = 127 if e.errno == errno.ENOENT else 126
-            send(report, error=f"exec {spec.command[0]}: {e.strerror} "
-                               f"({errno.errorcode.get(e.errno or 0, '')})",
-                 errno=e.errno or 0, step="exec", exit_code=code)
+            error = (f"exec {spec.command[0]}: {e.strerror} "
+                     f"({errno.errorcode.get(e.errno or 0, '')})")
+            _note_in_log(spec, stdio, error)
+            send(report, error=error, errno=e.errno or 0, step="exec", exit_code=code)
             os._exit(code)
     except BaseException as e:  # noqa: BLE001
+        _note_in_log(spec, stdio, str(e))
         fail(report, e)
+
+
+def _note_in_log(spec, stdio: tuple[int, int, int], error: str) -> None:
+    """A start that failed in the workload's process says why in the container's stderr
+    log too, where an operator reading the log of a container that will not start
+    looks first."""
+    if spec.log is not None:
+        try:
+            os.write(stdio[2], f"nsvisor: the workload did not start: {error}\n".encode())
+        except OSError:
+            pass
 
 
 def _exec(spec, stdio: tuple[int, int, int], report: int) -> NoReturn:
