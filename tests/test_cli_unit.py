@@ -479,7 +479,7 @@ def test_pid_commands(sock_path: str, serve: Callable) -> None:
 
 def test_exec_exit_code_and_refusals(sock_path: str, serve: Callable) -> None:
     answers = iter([[http(200, {"exit_code": 5})],
-                    [error(409, "web is not running (STOPPED) (start it first)", "conflict")],
+                    [error(409, "web is not running (STOPPED): start it first", "conflict")],
                     [http(200, {"exit_code": 0})]])
     s = serve(lambda d, f: next(answers))
     assert run(["-s", sock_path, "exec", "web", "--", "sh", "-c", "exit 5"])[0] == 5

@@ -256,7 +256,7 @@ class ApiServer:
         try:
             code = await self.sup.exec(name, command, env, tuple(request.fds), tty)
         except ExecRefused as e:
-            raise HTTPError(409, f"{e} (start it first)") from None
+            raise HTTPError(409, f"{e}: start it first") from None
         return {"exit_code": code}
 
     async def events(self, request: Request, stream: SocketStream) -> Any:
