@@ -216,6 +216,35 @@ def test_a_restart_brings_back_the_dependents_it_took_down(daemon: Daemon) -> No
     assert daemon.stop() == 0
 
 
+def test_a_restart_whose_container_a_reload_removes_meanwhile_says_so(
+        daemon: Daemon) -> None:
+    # Found by random reloads and commands: the restart's start found the container gone
+    # and answered "internal error: KeyError".
+    slow = '[containers.{p}-slow]\ncommand = ["/bin/sh", "-c", "trap \'\' TERM; sleep 1000"]\n' \
+           'startsecs = 0\nstop_timeout = "1s"\n\n'
+    daemon.write_config(slow + '[containers.{p}-gone]\ncommand = ["/bin/sleep", "1000"]\n'
+                        'startsecs = 0\n')
+    daemon.start()
+    for name in ("slow", "gone"):
+        daemon.wait_state(name, "RUNNING")
+    answers: list = []
+    restart = threading.Thread(target=lambda: answers.append(daemon.api(
+        "POST", "/v1/restart", {"names": [daemon.name("slow"), daemon.name("gone")]})))
+    restart.start()
+    daemon.wait_state("gone", "STOPPED")  # slow is still stopping: 1 s
+    daemon.write_config(slow)
+    daemon.signal(signal.SIGHUP)
+    restart.join(30)
+    status, answer = answers[0]
+    assert status == 200, answer
+    assert answer["results"] == [
+        {"name": daemon.name("slow"), "ok": True, "error": None},
+        {"name": daemon.name("gone"), "ok": False,
+         "error": "changed or removed by a config reload meanwhile"}]
+    assert daemon.state("slow")["state"] == "RUNNING"
+    assert daemon.stop() == 0
+
+
 def test_a_start_cut_short_by_a_stop_says_so(daemon: Daemon) -> None:
     # It answered "spawn error (stopped: killed by SIGTERM)", and nsvisorctl sent the
     # operator to the container's own (empty) stderr log.

@@ -460,7 +460,8 @@ def print_results(ctx: Context, verb: str, answer: Any, wait: bool = True) -> in
             line = f"{name}: ERROR ({error})"
             if not error.startswith(_IGNORED.get(verb, "\0")):
                 failed.append(name)
-                held = held or error.startswith(("waiting for ", "stopped by "))
+                held = held or error.startswith(("waiting for ", "stopped by ",
+                                                 "changed or removed by "))
         if not ctx.json:
             ctx.print(line)
     if failed:

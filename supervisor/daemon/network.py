@@ -168,7 +168,8 @@ class NetworkManager:
 
     def wire(self, cfg: ContainerConfig, pid: int) -> list[Link]:
         """Blocking (a worker thread): give the held container its interfaces."""
-        pairs = any(self.networks[a.network].driver == "veth" for a in cfg.networks)
+        pairs = any(net.driver == "veth" for a in cfg.networks
+                    if (net := self.networks.get(a.network)) is not None)
         # Both ends of a veth network must see each other's state whole: from the first
         # netlink call to the registration in self.running, one container at a time.
         with self._pair_lock if pairs else contextlib.nullcontext():

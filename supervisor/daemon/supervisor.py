@@ -56,6 +56,7 @@ from .store import (
 log = structlog.get_logger("nsvisord")
 T = TypeVar("T")
 HISTORY = 10  # exits remembered per container (inspect's restart history)
+RELOADED = "changed or removed by a config reload meanwhile"
 OOM_KILLED = "OOMKilled"  # the exit reason of a container the OOM killer ended
 START_DURATIONS_KEPT = 4096  # launch latencies kept for the next scrape
 LAUNCH_TIMEOUT = 10.0  # from the launch request to the workload's exec
@@ -195,23 +196,30 @@ class Supervisor:
     async def start(self, names: Iterable[str], wait: bool = True) -> dict[str, str | None]:
         """Start containers (and what they depend on); errors per name, None if ok."""
         names = list(names)
+        # A caller that awaited since it resolved the names (restart) may find some gone.
+        errors: dict[str, str | None] = {n: RELOADED for n in names if n not in self.units}
         wanted: list[str] = []
         for name in names:
+            if name in errors:
+                continue
             for dep in [*self.graph.dependencies_of(name), name]:
                 if dep not in wanted:
                     wanted.append(dep)
-        errors: dict[str, str | None] = {}
-        for name in wanted:
-            unit = self.units[name]
+        units = {name: self.units[name] for name in wanted}
+        for name, unit in units.items():
             errors[name] = unit.policy.start_error()
             self._apply(unit, unit.policy.start(self.clock()))
         if wait:
             for name in names:
-                unit = self.units[name]
+                if name not in units:
+                    continue
+                unit = units[name]
                 settled = await self._settled(unit, timeout=unit.cfg.startsecs + 60)
                 if errors.get(name) is not None or unit.policy.state is State.RUNNING:
                     continue
-                if settled and self._waiting_for(unit):  # a dependency will not run
+                if self.units.get(name) is not unit:
+                    errors[name] = RELOADED
+                elif settled and self._waiting_for(unit):  # a dependency will not run
                     errors[name] = self._waiting_for(unit)
                 elif unit.policy.state is State.STOPPED:  # only a stop leads there
                     errors[name] = "stopped by a stop request before it was running"
