@@ -504,6 +504,27 @@ def test_v2_sigterm_sent_once_and_bounded(tree: Cgroup2Tree) -> None:
     assert cg.kill_all() is True  # SIGKILL via cgroup.kill
 
 
+def test_a_cgroup_removed_while_it_is_read_counts_as_empty(tree: Cgroup2Tree) -> None:
+    # Reading cgroup.procs of a cgroup rmdir-ed after the open fails with ENODEV; that
+    # ended a reload that was removing the same cgroup in two places at once.
+    cg = v2_manager(tree).create("web", Limits())
+
+    class _RemovedFs:
+        def __getattr__(self, name: str) -> object:
+            return getattr(tree.fs, name)
+
+        def read(self, path: str) -> str:
+            if path.endswith("cgroup.procs"):
+                raise OSError(errno.ENODEV, os.strerror(errno.ENODEV), path)
+            return tree.fs.read(path)
+
+    gone = Cgroup("web", 2, {"core": str(tree.cgroot / "nsvisor/web")}, _RemovedFs())
+    assert gone.pids() == []
+    gone.destroy()
+    assert not (tree.cgroot / "nsvisor/web").exists()
+    assert cg.pids() == []
+
+
 class _DeafFs:
     """Delegates to the fake but ignores cgroup.kill and kill(): processes that won't die."""
 

@@ -203,18 +203,23 @@ class Supervisor:
             if name in errors:
                 continue
             for dep in [*self.graph.dependencies_of(name), name]:
-                if dep not in wanted:
+                # The graph catches up with a reload only once it is applied.
+                if dep not in wanted and dep in self.units:
                     wanted.append(dep)
         units = {name: self.units[name] for name in wanted}
         for name, unit in units.items():
             errors[name] = unit.policy.start_error()
             self._apply(unit, unit.policy.start(self.clock()))
         if wait:
+            # One deadline for all: a start of many waits as long as its slowest, not
+            # as long as all of them one after the other.
+            deadline = self.clock() + max((u.cfg.startsecs for u in units.values()),
+                                          default=0) + 60
             for name in names:
                 if name not in units:
                     continue
                 unit = units[name]
-                settled = await self._settled(unit, timeout=unit.cfg.startsecs + 60)
+                settled = await self._settled(unit, timeout=deadline - self.clock())
                 if errors.get(name) is not None or unit.policy.state is State.RUNNING:
                     continue
                 if self.units.get(name) is not unit:
@@ -235,6 +240,7 @@ class Supervisor:
         names = list(names)
         dependents = [d for n in names for d in self.graph.dependents_of(n)]
         taken_down = [d for d in dict.fromkeys(dependents) if d not in names
+                      and d in self.units
                       and self.units[d].policy.state not in NOT_RUNNING_STATES]
         await self.stop(names)
         errors = await self.start([*names, *taken_down], wait=wait)
@@ -245,6 +251,8 @@ class Supervisor:
         dependency that stopped or failed; False after ``timeout``."""
         with anyio.move_on_after(timeout):
             while unit.policy.state in (State.STARTING, State.STOPPING):
+                if self.units.get(unit.name) is not unit:  # replaced or removed
+                    return True
                 if any(self.units[d].policy.state in NOT_RUNNING_STATES
                        for d in self._held_by(unit)):
                     return True
@@ -261,7 +269,8 @@ class Supervisor:
             for dep in [*self.graph.dependents_of(name), name]:
                 if dep not in targets and dep in self.units:
                     targets.append(dep)
-        errors = {name: self.units[name].policy.stop_error() for name in names}
+        errors = {name: self.units[name].policy.stop_error() if name in self.units
+                  else RELOADED for name in names}
         for wave in self.graph.stop_waves(targets):
             units = [self.units[n] for n in wave if n in self.units]
             manual = {u.name: u.policy.manually_stopped for u in units}
@@ -377,7 +386,10 @@ class Supervisor:
         """Deactivate stopped containers (they stay in the file: see ``avail``)."""
         errors: dict[str, str | None] = {}
         for name in names:
-            unit = self.units[name]
+            unit = self.units.get(name)
+            if unit is None:  # a reload, while an earlier name was being removed
+                errors[name] = RELOADED
+                continue
             if unit.policy.state not in NOT_RUNNING_STATES:
                 errors[name] = "still running (stop it first)"
                 continue
@@ -505,14 +517,18 @@ class Supervisor:
                 self._apply(unit, unit.policy.spawn_cancelled(self.clock()))
                 return
             await self._transition.wait()
-        if not unit.policy.spawn_pending or self.units.get(unit.name) is not unit:
+        if self.units.get(unit.name) is not unit:
+            self._drop_spawn(unit)
+            return
+        if not unit.policy.spawn_pending:
             return
         started = time.perf_counter()
         self._launching += 1
         try:
             async with self._launch_slots:
-                if self.units.get(unit.name) is not unit:
-                    return  # removed by a reload while it waited
+                if self.units.get(unit.name) is not unit:  # a reload, while it waited
+                    self._drop_spawn(unit)
+                    return
                 container, cgroup = await self._launch(unit)
         except (LaunchError, SpecError, CgroupError, OSError) as e:
             log.warning("spawn failed", container=unit.name, error=str(e))
@@ -536,6 +552,14 @@ class Supervisor:
         self.events.publish("spawned", container=unit.name, pid=container.pid)
         self._apply(unit, unit.policy.spawned(self.clock()))
         self._watch(unit, container)
+
+    def _drop_spawn(self, unit: Unit) -> None:
+        """A unit a reload replaced or removed will not be launched: settle its policy
+        (STOPPED), so that whoever waits on it - a stop, a start - hears it at once."""
+        now = self.clock()
+        if unit.policy.spawn_pending:
+            self._apply(unit, unit.policy.stop(now))
+            self._apply(unit, unit.policy.spawn_cancelled(now))
 
     def _launched(self) -> None:
         """A launch ended. After a wave of them (start-up, a reload), the C heap holds
@@ -932,10 +956,11 @@ class Supervisor:
 
     @staticmethod
     def _destroy_cgroup(cgroup: Cgroup) -> None:
+        # Never raises: a cleanup that fails must not abort the reload or stop around it.
         try:
             cgroup.kill_all()
             cgroup.destroy()
-        except CgroupError as e:
+        except (CgroupError, OSError) as e:
             log.warning("cgroup cleanup failed", cgroup=cgroup.name, error=str(e))
 
 

@@ -367,8 +367,11 @@ class Cgroup:
         for path in self.procs_files():
             try:
                 text = self._fs.read(path)
-            except FileNotFoundError:
-                continue
+            except OSError as e:
+                # ENODEV: the cgroup was removed between our open and our read.
+                if e.errno in (errno.ENOENT, errno.ENODEV):
+                    continue
+                raise
             found.update(int(tok) for tok in text.split() if tok.isdigit())
         return sorted(found)
 
