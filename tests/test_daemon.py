@@ -245,6 +245,33 @@ def test_a_restart_whose_container_a_reload_removes_meanwhile_says_so(
     assert daemon.stop() == 0
 
 
+def test_a_stop_answers_when_done_though_a_start_came_meanwhile(daemon: Daemon) -> None:
+    # A start while it was STOPPING restarts the container the moment it stops; the stop
+    # waited for a STOPPED it never saw, its full stop_timeout + 10 s.
+    daemon.write_config('[containers.{p}-a]\n'
+                        'command = ["/bin/sh", "-c", "trap \'sleep 0.5; exit 0\' TERM; '
+                        'while :; do sleep 0.1; done"]\nstartsecs = 0\nstop_timeout = "3s"\n')
+    daemon.start()
+    first = daemon.wait_state("a", "RUNNING")["pid"]
+    answers: list = []
+
+    def stop() -> None:
+        started = time.monotonic()
+        answers.append((daemon.api("POST", "/v1/stop", {"names": [daemon.name("a")]}),
+                        time.monotonic() - started))
+
+    stopping = threading.Thread(target=stop)
+    stopping.start()
+    daemon.wait_state("a", "STOPPING")
+    assert daemon.api("POST", "/v1/start", {"names": [daemon.name("a")]})[0] == 200
+    stopping.join(30)
+    (status, _), took = answers[0]
+    assert status == 200 and took < 3, took
+    again = daemon.wait_state("a", "RUNNING")
+    assert again["pid"] != first
+    assert daemon.stop() == 0
+
+
 def test_a_start_cut_short_by_a_stop_says_so(daemon: Daemon) -> None:
     # It answered "spawn error (stopped: killed by SIGTERM)", and nsvisorctl sent the
     # operator to the container's own (empty) stderr log.

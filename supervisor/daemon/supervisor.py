@@ -91,6 +91,9 @@ class Unit:
     clearing: set[anyio.Event] = field(default_factory=set)  # cgroup kills in progress
     timer: anyio.CancelScope | None = None
     changed: anyio.Event | None = None  # made by the first waiter, set by the next change
+    # Times it came to rest (STOPPED, EXITED, FATAL): a stop waits for one more, not for
+    # the state, which a concurrent start may have changed again before it looks.
+    rests: int = 0
 
     @property
     def name(self) -> str:
@@ -274,6 +277,7 @@ class Supervisor:
         for wave in self.graph.stop_waves(targets):
             units = [self.units[n] for n in wave if n in self.units]
             manual = {u.name: u.policy.manually_stopped for u in units}
+            rests = {u.name: u.rests for u in units}
             for unit in units:
                 self._apply(unit, unit.policy.stop(self.clock()))
                 if not save_manual:
@@ -282,7 +286,9 @@ class Supervisor:
                 for unit in units:
                     limit = timeout if timeout is not None else unit.cfg.stop_timeout + 10
                     tg.start_soon(unit.wait_until,
-                                  lambda u: u.policy.state in NOT_RUNNING_STATES, limit)
+                                  lambda u, before=rests[unit.name]: (
+                                      u.rests > before or u.policy.state in NOT_RUNNING_STATES),
+                                  limit)
             for unit in units:
                 self._save(unit)
         return errors
@@ -493,6 +499,8 @@ class Supervisor:
             elif isinstance(action, WakeAt):
                 self._arm(unit, action.when)
         for old, new in unit.policy.last_transitions:
+            if new in NOT_RUNNING_STATES:
+                unit.rests += 1
             log.info("state", container=unit.name, old=old.name, new=new.name,
                      restarts=unit.policy.restarts, exit_code=unit.policy.last_exit_code)
             self.events.publish("state", container=unit.name, old=old.name, new=new.name,
