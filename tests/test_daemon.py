@@ -272,6 +272,46 @@ def test_a_stop_answers_when_done_though_a_start_came_meanwhile(daemon: Daemon) 
     assert daemon.stop() == 0
 
 
+def test_a_start_during_a_reload_that_replaces_the_container_starts_nothing_old(
+        daemon: Daemon) -> None:
+    # Found by random reloads and commands: a start that came while a reload was stopping
+    # the container it replaces restarted the old one the moment it stopped; the reload
+    # then dropped it still running - a container no unit owned - and started the new
+    # one in the same cgroup, where the old one's cleanup killed it.
+    def config(version: int) -> None:
+        daemon.write_config(
+            '[containers.{p}-a]\n'
+            'command = ["/bin/sh", "-c", "trap \'sleep 0.5; exit 0\' TERM; '
+            f'while :; do sleep 0.{version}; done"]\nstartsecs = 0\n')
+
+    config(1)
+    daemon.start()
+    old = daemon.wait_state("a", "RUNNING")["pid"]
+    config(2)
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_state("a", "STOPPING")
+    status, answer = daemon.api("POST", "/v1/start", {"names": [daemon.name("a")]})
+    assert answer["results"] == [{"name": daemon.name("a"), "ok": False,
+                                  "error": "changed or removed by a config reload meanwhile"}]
+    wait_for(lambda: daemon.events("reload"), 10, "the reload")
+    new = wait_for(lambda: (st := daemon.state("a")).get("state") == "RUNNING"
+                   and st["pid"] != old and st["pid"], 10, "the new a")
+    time.sleep(0.5)  # what a second container would need to show itself
+    with open(f"/sys/fs/cgroup/pids/nsvisor/{daemon.name('a')}/cgroup.procs") as f:
+        inits = [p for p in f.read().split() if _comm(int(p)) == "nsv-init"]
+    assert inits == [str(new)] and not alive(old)
+    assert daemon.state("a")["pid"] == new
+    assert daemon.stop() == 0
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def test_a_start_cut_short_by_a_stop_says_so(daemon: Daemon) -> None:
     # It answered "spawn error (stopped: killed by SIGTERM)", and nsvisorctl sent the
     # operator to the container's own (empty) stderr log.

@@ -94,6 +94,10 @@ class Unit:
     # Times it came to rest (STOPPED, EXITED, FATAL): a stop waits for one more, not for
     # the state, which a concurrent start may have changed again before it looks.
     rests: int = 0
+    # Being removed or replaced by a reload: stopped for good, never started again - a
+    # start in between would leave a container no unit owns, in a cgroup the
+    # replacement is about to reuse.
+    retiring: bool = False
 
     @property
     def name(self) -> str:
@@ -200,14 +204,15 @@ class Supervisor:
         """Start containers (and what they depend on); errors per name, None if ok."""
         names = list(names)
         # A caller that awaited since it resolved the names (restart) may find some gone.
-        errors: dict[str, str | None] = {n: RELOADED for n in names if n not in self.units}
+        errors: dict[str, str | None] = {n: RELOADED for n in names
+                                         if n not in self.units or self.units[n].retiring}
         wanted: list[str] = []
         for name in names:
             if name in errors:
                 continue
             for dep in [*self.graph.dependencies_of(name), name]:
                 # The graph catches up with a reload only once it is applied.
-                if dep not in wanted and dep in self.units:
+                if dep not in wanted and dep in self.units and not self.units[dep].retiring:
                     wanted.append(dep)
         units = {name: self.units[name] for name in wanted}
         for name, unit in units.items():
@@ -420,6 +425,7 @@ class Supervisor:
             # Read first: a bad file must leave every container as it was.
             new = await anyio.to_thread.run_sync(load_config, self.config.source)
             old = self._active_config()
+            self._retire(list(self.units))
             await self.stop(list(self.units), save_manual=False)
             for name in list(self.units):
                 await self._forget(name, keep_ids=True)
@@ -465,6 +471,7 @@ class Supervisor:
         # Ports and addresses first: a port that cannot be bound rejects the whole change.
         self.network.configure(new.networks, containers)
         gone = [*removed, *changed]
+        self._retire(gone)
         await self.stop([n for n in gone if n in self.units])
         for name in gone:
             await self._forget(name, keep_ids=name in changed)
@@ -525,7 +532,7 @@ class Supervisor:
                 self._apply(unit, unit.policy.spawn_cancelled(self.clock()))
                 return
             await self._transition.wait()
-        if self.units.get(unit.name) is not unit:
+        if unit.retiring or self.units.get(unit.name) is not unit:
             self._drop_spawn(unit)
             return
         if not unit.policy.spawn_pending:
@@ -534,7 +541,7 @@ class Supervisor:
         self._launching += 1
         try:
             async with self._launch_slots:
-                if self.units.get(unit.name) is not unit:  # a reload, while it waited
+                if unit.retiring or self.units.get(unit.name) is not unit:  # a reload
                     self._drop_spawn(unit)
                     return
                 container, cgroup = await self._launch(unit)
@@ -560,6 +567,12 @@ class Supervisor:
         self.events.publish("spawned", container=unit.name, pid=container.pid)
         self._apply(unit, unit.policy.spawned(self.clock()))
         self._watch(unit, container)
+
+    def _retire(self, names: Iterable[str]) -> None:
+        """Mark units a reload is about to stop and drop (see ``Unit.retiring``)."""
+        for name in names:
+            if name in self.units:
+                self.units[name].retiring = True
 
     def _drop_spawn(self, unit: Unit) -> None:
         """A unit a reload replaced or removed will not be launched: settle its policy
@@ -828,6 +841,8 @@ class Supervisor:
         """Drop a unit. A container that is only being replaced keeps its user-namespace
         id range, so the files it wrote stay its own."""
         unit = self.units.pop(name, None)
+        if unit is not None:
+            unit.retiring = True
         if unit is not None and unit.timer is not None:
             unit.timer.cancel()
         if unit is not None:
