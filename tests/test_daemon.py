@@ -22,7 +22,7 @@ import pytest
 from supervisor.daemon.supervisor import LAUNCH_SLOTS
 
 from .conftest import RUN_ID
-from .daemon_harness import Daemon, wait_for
+from .daemon_harness import Daemon, alive, wait_for
 
 pytestmark = pytest.mark.root
 _counter = iter(range(10_000))
@@ -39,14 +39,6 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
 
 def ts(event: dict) -> float:
     return datetime.datetime.fromisoformat(event["timestamp"]).timestamp()
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_bad_config_exits_2_naming_file_and_key(daemon: Daemon) -> None:

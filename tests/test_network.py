@@ -21,7 +21,7 @@ import pytest
 from supervisor.linux.netlink import veth_name
 
 from .conftest import RUN_ID
-from .daemon_harness import Daemon, wait_for
+from .daemon_harness import Daemon, alive, wait_for
 from .netns_helpers import icmp_echo
 
 pytestmark = pytest.mark.root
@@ -355,6 +355,27 @@ def test_shutdown_leaves_the_host_links_as_before(daemon: Daemon) -> None:
     assert not (set(after) - set(before)) & ours
     assert (sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []) \
         == netns_before
+
+
+def test_a_bridge_a_killed_daemon_made_is_removed_by_the_next_one(daemon: Daemon) -> None:
+    # Found by scripts/soak.py: nsvisord killed with -9, its config then edited so that
+    # the network is gone: the next nsvisord did not know the bridge and left it behind.
+    lab, base = subnet()
+    daemon.write_config(
+        f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{base}.0/24"\n\n'
+        '[containers.{p}-web]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
+        f'networks = ["{lab}"]\n')
+    daemon.start()
+    web = daemon.wait_state("web", "RUNNING")["pid"]
+    assert f"nsv-{lab}" in host_links()
+    daemon.crash()
+    daemon.write_config('[containers.{p}-other]\ncommand = ["/bin/sleep", "1000"]\n'
+                        'startsecs = 0\n')
+    daemon.start()
+    daemon.wait_state("other", "RUNNING")
+    wait_for(lambda: not alive(web), 10, "web, removed from the config, stopped")
+    assert daemon.stop() == 0
+    assert f"nsv-{lab}" not in host_links()
 
 
 def test_a_taken_port_is_a_config_error(daemon: Daemon) -> None:

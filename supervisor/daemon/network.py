@@ -74,6 +74,11 @@ class NetworkManager:
         self._networks_wanted = anyio.Event()  # the watcher starts with the first network
         self._tg: TaskGroup | None = None
         self._saved = self._load()  # allocations of the previous daemon, until configure()
+        # Bridges a previous nsvisord of this state_dir made (it may have been killed):
+        # ours to remove at shutdown too, whether the config still has them or not.
+        self._inherited: set[str] = {b for b in self._saved.get("_bridges", ())
+                                     if isinstance(b, str)}
+        self._save_lock = threading.Lock()  # configure() on the loop, bridges in threads
 
     # ------------------------------------------------------------------ configuration
 
@@ -263,7 +268,9 @@ class NetworkManager:
             return
         gateway = next(net.network.hosts())
         _nl().ensure_bridge(name, f"{gateway}/{net.network.prefixlen}")
-        self.bridges.add(name)
+        if name not in self.bridges:
+            self.bridges.add(name)
+            self._save()  # before a kill -9 can forget it
 
     @staticmethod
     def _attach(pid: int, link: Link) -> None:
@@ -290,10 +297,12 @@ class NetworkManager:
     def _teardown(self) -> None:
         for name in list(self.running):
             self.unwire(name)
-        bridges, self.bridges = sorted(self.bridges), set()
+        bridges = sorted(self.bridges | self._inherited)
+        self.bridges, self._inherited = set(), set()
         for bridge in bridges:  # (no bridges: no netlink needed)
             with contextlib.suppress(OSError):
                 _nl().delete_link(bridge)
+        self._save()
 
     def forget(self, name: str) -> None:
         """A container removed from the config: release its addresses."""
@@ -449,9 +458,11 @@ class NetworkManager:
         return data if isinstance(data, dict) else {}
 
     def _save(self) -> None:
-        data: dict[str, Any] = {n: ipam.to_dict() for n, ipam in self.ipam.items()}
-        data["_subnets"] = {n: net.subnet for n, net in self.networks.items()}
-        write_state(self.state_path, data)
+        with self._save_lock:
+            data: dict[str, Any] = {n: ipam.to_dict() for n, ipam in self.ipam.items()}
+            data["_subnets"] = {n: net.subnet for n, net in self.networks.items()}
+            data["_bridges"] = sorted(self.bridges | self._inherited)
+            write_state(self.state_path, data)
 
 
 async def _pump(src: SocketStream, dst: SocketStream, tg: TaskGroup) -> None:
