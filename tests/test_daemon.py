@@ -296,14 +296,6 @@ def test_a_start_during_a_reload_that_replaces_the_container_starts_nothing_old(
     assert daemon.stop() == 0
 
 
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 def test_a_start_cut_short_by_a_stop_says_so(daemon: Daemon) -> None:
     # It answered "spawn error (stopped: killed by SIGTERM)", and nsvisorctl sent the
     # operator to the container's own (empty) stderr log.

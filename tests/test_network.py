@@ -360,13 +360,8 @@ def test_shutdown_leaves_the_host_links_as_before(daemon: Daemon) -> None:
 def test_a_bridge_a_killed_daemon_made_is_removed_by_the_next_one(daemon: Daemon) -> None:
     # Found by scripts/soak.py: nsvisord killed with -9, its config then edited so that
     # the network is gone: the next nsvisord did not know the bridge and left it behind.
-    lab, base = subnet()
-    daemon.write_config(
-        f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{base}.0/24"\n\n'
-        '[containers.{p}-web]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n'
-        f'networks = ["{lab}"]\n')
-    daemon.start()
-    web = daemon.wait_state("web", "RUNNING")["pid"]
+    body, web = _web_on_a_bridge(daemon)
+    lab = body.split("]", 1)[0].removeprefix("[networks.")
     assert f"nsv-{lab}" in host_links()
     daemon.crash()
     daemon.write_config('[containers.{p}-other]\ncommand = ["/bin/sleep", "1000"]\n'
