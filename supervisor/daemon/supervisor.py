@@ -843,9 +843,8 @@ class Supervisor:
         unit = self.units.pop(name, None)
         if unit is not None:
             unit.retiring = True
-        if unit is not None and unit.timer is not None:
-            unit.timer.cancel()
-        if unit is not None:
+            if unit.timer is not None:
+                unit.timer.cancel()
             await self._cleared(unit)
             await anyio.to_thread.run_sync(self._destroy_cgroups, [unit])
         self.store.remove(name)
