@@ -44,15 +44,7 @@ class LogSink:
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     def write(self, text: str) -> int:
-        data = text.encode(errors="backslashreplace")
-        with self._lock:
-            if len(self._pending) >= self.MAX_PENDING:
-                self.dropped += 1
-                return len(text)
-            self._pending.append(data)
-            self._lock.notify()
-        if self._writer is None:
-            self._start_writer()
+        self._enqueue(text.encode(errors="backslashreplace"), capped=True)
         return len(text)
 
     def flush(self) -> None:
@@ -75,13 +67,19 @@ class LogSink:
         go to the old file, later ones to the new: the writer switches in order."""
         if self.path is None:
             return False
-        new = self._open(self.path)
+        self._enqueue(self._open(self.path), capped=False)
+        return True
+
+    def _enqueue(self, item: bytes | int, *, capped: bool) -> None:
+        """Queue a line (``capped``: dropped when MAX_PENDING are queued) or a new fd."""
         with self._lock:
-            self._pending.append(new)
+            if capped and len(self._pending) >= self.MAX_PENDING:
+                self.dropped += 1
+                return
+            self._pending.append(item)
             self._lock.notify()
         if self._writer is None:
             self._start_writer()
-        return True
 
     def _start_writer(self) -> None:
         with self._lock:
