@@ -71,16 +71,19 @@ def send(fd: int, **msg: object) -> None:
         pass
 
 
+def failure(error: BaseException) -> dict:
+    """The report of a failed launch: ``error``, ``errno`` and the ``step`` if known."""
+    if isinstance(error, SetupError):
+        return {"error": str(error), "errno": error.errno, "step": error.step}
+    if isinstance(error, OSError):
+        return {"error": f"{error.strerror} ({error.filename or ''})", "errno": error.errno or 0}
+    return {"error": f"internal error: {error!r}", "errno": 0}
+
+
 def fail(fd: int, error: BaseException):
     """Report ``error`` to the caller and exit."""
-    if isinstance(error, SetupError):
-        msg = {"error": str(error), "errno": error.errno, "step": error.step}
-    elif isinstance(error, OSError):
-        msg = {"error": f"{error.strerror} ({error.filename or ''})", "errno": error.errno or 0}
-    else:
-        msg = {"error": f"internal error: {error!r}", "errno": 0}
     try:
-        send(fd, **msg)
+        send(fd, **failure(error))
     finally:
         os._exit(1)
 
@@ -166,7 +169,7 @@ def _workload_process(spec, fds: dict[str, int], stdio: tuple[int, int, int]):
             send(report, error=error, errno=e.errno or 0, step="exec", exit_code=code)
             os._exit(code)
     except BaseException as e:  # noqa: BLE001
-        _note_in_log(spec, stdio, str(e))
+        _note_in_log(spec, stdio, failure(e)["error"])
         fail(report, e)
 
 
