@@ -12,6 +12,7 @@ import pytest
 from supervisor.linux import libc
 from supervisor.runtime import ContainerSpec, LaunchError, LogSpec, Runtime, SpecError
 from supervisor.runtime.consts import LOG_LINE_MAX
+from supervisor.runtime.logs import LogFile, Stream
 
 from .conftest import Runner
 
@@ -98,6 +99,31 @@ def test_long_lines_stay_whole_and_huge_ones_are_split(runner: Runner, tmp_path)
     contents = [read_bytes(p) for p in log_files(tmp_path, spec.name)]
     assert b"b" * 20000 + b"\n" in contents, "the long line is not alone in one file"
     assert all(len(x) <= LOG_LINE_MAX + 1 for x in contents if x.startswith(b"c"))
+
+
+def test_a_long_line_whose_end_comes_with_the_next_lines_is_still_split(tmp_path) -> None:
+    # The reads a pipe may give for the line above: its end arrives in the same read as
+    # the lines after it, 84464 bytes of it still pending. It must not go in whole.
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(r, False)
+    stream = Stream(r, LogFile(dir_fd, "x.out.log", 8192, 50))
+    try:
+        for chunk in (b"short\n" + b"c" * 65530, b"c" * 65536, b"c" * 18934 + b"\nend\n"):
+            assert len(chunk) <= 65536  # one pipe's worth: one read each
+            os.write(w, chunk)
+            assert stream.feed()
+        os.close(w)
+        w = -1
+        assert not stream.feed()
+    finally:
+        for fd in (r, w, dir_fd):
+            if fd >= 0:
+                os.close(fd)
+        stream.file.close()
+    assert read_all(tmp_path, "x").split(b"\n") == [b"short", b"c" * 150000, b"end", b""]
+    sizes = [len(read_bytes(p)) for p in log_files(tmp_path, "x")]
+    assert max(sizes) <= LOG_LINE_MAX + 1, sizes
 
 
 def test_separate_and_merged_streams(runner: Runner, tmp_path) -> None:

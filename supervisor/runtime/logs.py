@@ -175,17 +175,15 @@ class Stream:
     def _take(self, data: bytes) -> None:
         if self.pending:
             data = self.pending + data
-        end = data.rfind(b"\n") + 1
-        if end == len(data):
-            self.file.write(data)
-            data = b""
-        elif end:
-            self.file.write(data[:end])
-            data = data[end:]
-        while len(data) >= LOG_LINE_MAX:  # an over-long line: written in pieces
+        # An over-long line goes in pieces of LOG_LINE_MAX. Only the line the pending
+        # start belongs to can be longer than one read, so only the first needs cutting.
+        while len(data) >= LOG_LINE_MAX and data.find(b"\n", 0, LOG_LINE_MAX + 1) < 0:
             self.file.write(data[:LOG_LINE_MAX])
             data = data[LOG_LINE_MAX:]
-        self.pending = data
+        end = data.rfind(b"\n") + 1
+        if end:
+            self.file.write(data if end == len(data) else data[:end])
+        self.pending = data[end:]
 
     def drain(self) -> None:
         """Everything left in the pipe, then the partial line, when the init exits."""
