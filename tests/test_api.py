@@ -7,7 +7,6 @@ import os
 import socket
 import stat
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,14 +161,40 @@ def test_follow_streams_deliver_as_written_and_cost_nothing_when_dropped(api) ->
     e.settimeout(10)
     e.connect(sock)
     e.sendall(b"GET /v1/events?follow=1 HTTP/1.1\r\n\r\n")
-    time.sleep(0.2)
-    call("POST", "/v1/restart", {"names": ["{p}-web"]})
     got = b""
+    while b"\r\n\r\n" not in got:  # the head: from here on, no event is missed
+        got += e.recv(4096)
+    assert got.endswith(b"\r\n\r\n"), "recent=0 is the default: no backlog"
+    call("POST", "/v1/restart", {"names": ["{p}-web"]})
     while b'"spawned"' not in got:
         got += e.recv(4096)
     e.close()
     for _ in range(5):
         assert call("GET", "/v1/version")[0] == 200
+
+
+def test_events_follow_starts_with_the_recent_ones_then_misses_nothing(api) -> None:
+    d, call = api
+    _, kept = call("GET", "/v1/events?recent=3")
+    assert len(kept["events"]) == 3
+    assert kept["events"] == call("GET", "/v1/events")[1]["events"][-3:]
+    e = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    e.settimeout(10)
+    e.connect(str(d.tmp / "nsvisor.sock"))
+    e.sendall(b"GET /v1/events?follow=1&recent=3 HTTP/1.1\r\n\r\n")
+    got = b""
+    while got.count(b"\n{") < 3:
+        got += e.recv(4096)
+    call("POST", "/v1/restart", {"names": ["{p}-web"]})
+    while b'"spawned"' not in got:
+        got += e.recv(4096)
+    e.close()
+    streamed = [json.loads(x) for x in got.split(b"\r\n\r\n", 1)[1].splitlines()]
+    _, after = call("GET", "/v1/events")
+    # The stream is the kept list from three before the restart on: no gap, no repeat.
+    start = after["events"].index(kept["events"][0])
+    assert streamed == after["events"][start:start + len(streamed)]
+    assert streamed[:3] == kept["events"]
 
 
 @pytest.mark.parametrize(("method", "path", "raw", "status", "message"), [
@@ -185,6 +210,8 @@ def test_follow_streams_deliver_as_written_and_cost_nothing_when_dropped(api) ->
     ("POST", "/v1/signal", b'{"names": ["all"], "signal": "SIGNOPE"}', 400, "not a signal"),
     ("GET", "/v1/containers/{p}-web/logs?lines=x", b"", 400, "lines: must be a number"),
     ("GET", "/v1/events?follow=maybe", b"", 400, "is not a boolean"),
+    ("GET", "/v1/events?follow=1&recent=x", b"", 400, "recent: must be a number"),
+    ("GET", "/v1/events?recent=1001", b"", 400, "recent: must be between 0 and 1000"),
     ("POST", "/v1/containers/{p}-web/exec", b'{"command": ["ls"]}', 400, "send exactly 3 fds"),
     ("POST", "/v1/containers/{p}-idle/exec", b'{"command": []}', 400, "command: must be"),
 ])

@@ -241,9 +241,9 @@ def test_spawn_error_is_7(shared: Ctl) -> None:
 
 def test_restart_seen_by_events_follow(shared: Ctl) -> None:
     old_pid = shared.status("web")["pid"]
-    events = shared.popen("events", "-f", "--json")
+    events = shared.popen("events", "-f", "-n", "1", "--json")
     try:
-        time.sleep(0.5)  # the stream is open before the restart
+        read_lines(events, 1, 20)  # the last kept event: the stream is open
         out = shared("restart", "{p}-web")
         assert (out.returncode, out.stdout) == (0, f"{shared.n('web')}: restarted\n")
         got = read_lines(events, 100, 20, until='"RUNNING"')
@@ -258,6 +258,10 @@ def test_restart_seen_by_events_follow(shared: Ctl) -> None:
     recent = shared("events")
     assert recent.returncode == 0 and f"{shared.n('web')} state RUNNING -> STOPPING" \
         in recent.stdout
+    last_two = json.loads(shared("events", "-n", "2", "--json").stdout)["events"]
+    everything = json.loads(shared("events", "--json").stdout)["events"]
+    assert len(last_two) == 2 and last_two[0] in everything  # events may come between
+    assert everything[everything.index(last_two[0]) + 1] == last_two[1]
 
 
 # --------------------------------------------------------------------------- logs

@@ -149,8 +149,10 @@ def _setup_name(sp: Parser) -> None:
     sp.add_argument("name", metavar="NAME")
 
 
-def _setup_follow(sp: Parser) -> None:
+def _setup_events(sp: Parser) -> None:
     sp.add_argument("-f", "--follow", action="store_true", help="keep printing new ones")
+    sp.add_argument("-n", "--lines", type=_lines, default=None, metavar="N",
+                    help="how many of the recent ones (default: all kept; with -f, 10)")
 
 
 def _setup_help(sp: Parser) -> None:
@@ -168,7 +170,7 @@ SETUP: dict[str, Callable[[Parser], None]] = {
     "update": lambda sp: _names(sp, required=False), "add": _names, "remove": _names,
     "avail": _no_args, "pid": _setup_pid, "version": _no_args,
     "shutdown": _setup_shutdown, "reload": _no_args, "exec": _setup_exec,
-    "inspect": _setup_name, "top": _setup_name, "events": _setup_follow,
+    "inspect": _setup_name, "top": _setup_name, "events": _setup_events,
     "help": _setup_help, "quit": _no_args, "exit": _no_args,
 }
 GLOBAL_WITH_VALUE = ("-s", "--socket", "-c", "--config")
@@ -851,14 +853,16 @@ def cmd_top(ctx: Context, args: argparse.Namespace) -> int:
 @command("events", "recent events (-f: follow them)")
 def cmd_events(ctx: Context, args: argparse.Namespace) -> int:
     if not args.follow:
-        answer = ctx.client.get("/v1/events?follow=0")
+        recent = "" if args.lines is None else f"&recent={args.lines}"
+        answer = ctx.client.get(f"/v1/events?follow=0{recent}")
         if ctx.json:
             ctx.dump(answer)
             return EXIT_OK
         for e in (answer or {}).get("events", []):
             ctx.print(truncate(fmt_event(e), max(ctx.width(), 40)))
         return EXIT_OK
-    stream = ctx.client.stream("/v1/events?follow=1")
+    recent = 10 if args.lines is None else args.lines
+    stream = ctx.client.stream(f"/v1/events?follow=1&recent={recent}")
     try:
         for e in stream:
             ctx.print(json.dumps(e) if ctx.json else fmt_event(e))

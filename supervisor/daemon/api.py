@@ -214,12 +214,7 @@ class ApiServer:
         which = request.query.get("stream", "stdout")
         if which not in ("stdout", "stderr"):
             raise HTTPError(400, f"stream={which!r}: use stdout or stderr")
-        try:
-            lines = int(request.query.get("lines", "10"))
-        except ValueError:
-            raise HTTPError(400, "lines: must be a number") from None
-        if not 0 <= lines <= 100_000:
-            raise HTTPError(400, "lines: must be between 0 and 100000")
+        lines = request.count("lines", 10, 100_000)
         path = self.sup.log_path(name, which)
         if not request.flag("follow"):
             return {"lines": await anyio.to_thread.run_sync(last_lines, path, lines)}
@@ -260,16 +255,22 @@ class ApiServer:
         return {"exit_code": code}
 
     async def events(self, request: Request, stream: SocketStream) -> Any:
+        kept = self.sup.events.recent
         if not request.flag("follow"):
-            return {"events": list(self.sup.events.recent)}
-        await stream.send(stream_head())
+            n = request.count("recent", len(kept), kept.maxlen or 0)
+            return {"events": list(kept)[len(kept) - n:]}
+        n = request.count("recent", 0, kept.maxlen or 0)
+        # Subscribed before the head is sent, and the recent ones taken in the same step:
+        # a client that has read the head misses no event, and sees none twice.
+        with self.sup.events.subscribe() as receive:
+            backlog = list(kept)[len(kept) - n:]
+            await stream.send(stream_head() + b"".join(ndjson(e) for e in backlog))
 
-        async def pump() -> None:
-            with self.sup.events.subscribe() as receive:
+            async def pump() -> None:
                 async for event in receive:
                     await stream.send(ndjson(event))
 
-        await _until_disconnect(stream, pump)
+            await _until_disconnect(stream, pump)
         return None
 
     async def reread(self, request: Request, stream: SocketStream) -> Any:

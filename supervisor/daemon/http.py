@@ -63,6 +63,19 @@ class Request:
             return False
         raise HTTPError(400, f"query parameter {name}={value!r} is not a boolean")
 
+    def count(self, name: str, default: int, most: int) -> int:
+        """A query parameter that counts something: an integer from 0 to ``most``."""
+        value = self.query.get(name)
+        if value is None:
+            return default
+        try:
+            n = int(value)
+        except ValueError:
+            raise HTTPError(400, f"{name}: must be a number") from None
+        if not 0 <= n <= most:
+            raise HTTPError(400, f"{name}: must be between 0 and {most}")
+        return n
+
 
 async def read_request(stream: ByteStream, first: bytes, fds: list[int]) -> Request:
     """Parse one request; ``first`` is what was already read (with its fds)."""

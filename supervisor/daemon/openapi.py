@@ -61,7 +61,8 @@ _SUMMARIES: dict[str, tuple[str, dict | None, dict]] = {
     "restart": ("stop, then start (and the running dependents the stop took down)",
                 _NAMES, _RESULTS),
     "signal": ("send a signal to containers", _SIGNAL, _RESULTS),
-    "events": ("recent events; follow=1 streams NDJSON events", None, {"type": "object"}),
+    "events": ("recent events (the last `recent`); follow=1 streams NDJSON events, "
+               "the last `recent` (default 0) first", None, {"type": "object"}),
     "reread": ("what the config file would change (nothing applied)", None,
                {"type": "object"}),
     "update": ("apply the config file's difference", _NAMES, {"type": "object"}),
@@ -96,6 +97,8 @@ def document(routes: list[tuple[str, re.Pattern[str], Any]]) -> dict[str, Any]:
             params += [{"name": "stream", "in": "query",
                         "schema": {"enum": ["stdout", "stderr"]}},
                        {"name": "lines", "in": "query", "schema": {"type": "integer"}}]
+        if handler.__name__ == "events":
+            params.append({"name": "recent", "in": "query", "schema": {"type": "integer"}})
         if params:
             op["parameters"] = params
         if body is not None:
