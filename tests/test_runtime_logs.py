@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
+import struct
+import termios
 import time
 
 import pytest
@@ -231,11 +234,21 @@ def test_a_full_disk_loses_whole_lines_and_says_how_many(runner: Runner, small_d
                                  log=LogSpec(dir=str(small_disk))))
     log = small_disk / f"{c.name}.out.log"
 
-    def full() -> bool:
-        st = os.statvfs(small_disk)
-        return st.f_bavail * st.f_frsize < 4096
-    wait_for(full, 10)
-    time.sleep(0.3)  # the rest of the first 1000 meets the full disk
+    def first_thousand_met_the_full_disk() -> bool:
+        children = read_bytes(f"/proc/{c.pid}/task/{c.pid}/children").split()
+        if not children:
+            return False
+        workload = int(children[0])
+        with open(f"/proc/{workload}/wchan") as f:
+            if not f.read().startswith("do_sigtimedwait"):
+                return False  # still writing them
+        pipe = os.open(f"/proc/{workload}/fd/1", os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            unread = fcntl.ioctl(pipe, termios.FIONREAD, b"\0\0\0\0")
+        finally:
+            os.close(pipe)
+        return struct.unpack("i", unread)[0] == 0  # and the init took them all
+    wait_for(first_thousand_met_the_full_disk, 20)
     filler.unlink()
     c.signal(signal.SIGUSR1)
     assert c.wait(20).exit_code == 0
