@@ -346,8 +346,7 @@ def run_on_pty(argv: list[str], feed: bytes = b"", timeout: float = 30) -> tuple
     output = b""
     try:
         if feed:
-            time.sleep(1.0)
-            os.write(master, feed)
+            os.write(master, feed)  # typed ahead: most likely before the command is ready
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -378,7 +377,8 @@ def test_exec_tty(shared: Ctl) -> None:
     assert b"tty" in output
     assert after == before, "the local terminal must be restored"
 
-    # keystrokes go through (the local terminal is raw; the remote pty does the echo)
+    # keystrokes go through (the local terminal is raw; the remote pty does the echo),
+    # also those typed before it was raw
     code, output, before, after = run_on_pty(
         shared.argv("exec", "-t", "{p}-web", "--", "sh", "-c", "read x; echo got:$x"),
         feed=b"abc\r")

@@ -88,12 +88,12 @@ def _run_pty(client: Client, path: str, body: dict[str, Any]) -> Any:
             os.close(slave)  # the daemon has its copy: EIO on the master once all close
         if stdin_tty:
             saved = termios.tcgetattr(0)
-            tty.setraw(0)
+            tty.setraw(0, termios.TCSADRAIN)  # as ssh does: what was typed ahead goes too
         return _relay(conn, master, stdin_tty)
     finally:
         conn.close()
         if saved is not None:
-            termios.tcsetattr(0, termios.TCSAFLUSH, saved)
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
         if old_winch is not None:
             signal.signal(signal.SIGWINCH, old_winch)
         os.close(master)
