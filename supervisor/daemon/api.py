@@ -255,16 +255,15 @@ class ApiServer:
         return {"exit_code": code}
 
     async def events(self, request: Request, stream: SocketStream) -> Any:
-        kept = self.sup.events.recent
+        bus = self.sup.events
+        kept = bus.recent.maxlen or 0
         if not request.flag("follow"):
-            n = request.count("recent", len(kept), kept.maxlen or 0)
-            return {"events": list(kept)[len(kept) - n:]}
-        n = request.count("recent", 0, kept.maxlen or 0)
+            return {"events": bus.last(request.count("recent", kept, kept))}
+        n = request.count("recent", 0, kept)
         # Subscribed before the head is sent, and the recent ones taken in the same step:
         # a client that has read the head misses no event, and sees none twice.
-        with self.sup.events.subscribe() as receive:
-            backlog = list(kept)[len(kept) - n:]
-            await stream.send(stream_head() + b"".join(ndjson(e) for e in backlog))
+        with bus.subscribe() as receive:
+            await stream.send(stream_head() + b"".join(ndjson(e) for e in bus.last(n)))
 
             async def pump() -> None:
                 async for event in receive:

@@ -32,6 +32,10 @@ class EventBus:
                 self._subscribers.discard(send)
                 send.close()
 
+    def last(self, n: int) -> list[dict[str, Any]]:
+        """The ``n`` most recent events kept (all of them when fewer), oldest first."""
+        return list(self.recent)[max(0, len(self.recent) - n):]
+
     @contextmanager
     def subscribe(self) -> Iterator[MemoryObjectReceiveStream[dict[str, Any]]]:
         send, receive = anyio.create_memory_object_stream[dict[str, Any]](self._buffer)
