@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import resource
 import select
@@ -583,7 +584,10 @@ def test_launch_given_up_midway_leaves_nothing(runtime: Runtime, unique: callabl
     steps = runtime.launch(ContainerSpec(name=unique(), command=SLEEP))
     sock = next(steps)  # the fork server's answer: the init's pid
     assert select.select([sock], [], [], 10)[0]
-    sock = steps.send(None)  # the init has its spec; next comes the workload's pid
+    # Stopped, the init cannot answer its spec however fast this machine is: the
+    # steps must wait for it, and that is where the caller gives up.
+    os.kill(json.loads(sock.recv(65536, socket.MSG_PEEK))["pid"], signal.SIGSTOP)
+    sock = steps.send(None)  # the init has its spec; next would come the workload's pid
     with pytest.raises(KeyboardInterrupt):
         steps.throw(KeyboardInterrupt())
     assert host_state() == before
