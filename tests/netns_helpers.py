@@ -8,12 +8,12 @@ the kernel destroy the namespace with every interface in it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import secrets
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,36 +30,32 @@ PREFIX = "nt" + secrets.token_hex(2)
 
 
 class Holder:
-    """A child process sitting in its own network namespace until killed."""
+    """A child process sitting in its own network namespace until killed.
+
+    util-linux's ``unshare`` running ``cat`` on a pipe: spawned, not forked, since the
+    test process has threads (a forked child could inherit a lock one of them held).
+    """
 
     def __init__(self, flags: int = CLONE_NEWNET) -> None:
-        ready_r, ready_w = os.pipe()
-        hold_r, hold_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - child
-            code = 0
-            try:
-                os.close(ready_r)
-                os.close(hold_w)
-                lib = ctypes.CDLL(None, use_errno=True)
-                if lib.unshare(flags) != 0:
-                    os.write(ready_w, str(ctypes.get_errno()).encode())
-                    os._exit(1)
-                os.write(ready_w, b"0")
-                os.close(ready_w)
-                os.read(hold_r, 1)  # EOF or a kill ends the hold
-            except BaseException:
-                code = 1
-            os._exit(code)
-        os.close(ready_w)
-        os.close(hold_r)
-        self.pid = pid
-        self._hold_w = hold_w
+        argv = ["unshare", "--net"] + (["--user"] if flags & CLONE_NEWUSER else [])
+        proc = subprocess.Popen([*argv, "--", "cat"], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.pid = proc.pid
+        self._proc = proc
         try:
-            with os.fdopen(ready_r, "rb") as ready:
-                answer = ready.read()
-            if answer != b"0":
-                raise OSError(int(answer or errno.EIO), "unshare in the holder failed")
+            ours = os.stat("/proc/self/ns/net").st_ino
+            deadline = time.monotonic() + 10
+            while True:  # ready once cat runs: the namespace is made before the exec
+                if proc.poll() is not None:
+                    raise OSError(errno.EIO, "unshare in the holder failed: "
+                                  + proc.stderr.read().decode().strip())
+                with contextlib.suppress(OSError):
+                    if os.stat(self.netns_path).st_ino != ours and \
+                            os.readlink(f"/proc/{self.pid}/exe").endswith("/cat"):
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"holder {self.pid} did not start")
+                time.sleep(0.002)
         except BaseException:
             self.kill()
             raise
@@ -69,22 +65,19 @@ class Holder:
         return f"/proc/{self.pid}/ns/net"
 
     def kill(self, timeout: float = 5.0) -> None:
-        """SIGKILL by pid and reap, bounded (pipe EOF alone is not enough: a later fork
-        may have inherited the write end)."""
+        """SIGKILL by pid and reap, bounded (stdin's EOF alone is not enough: a later
+        spawn may have inherited the write end)."""
         if self.pid <= 0:
             return
-        with contextlib.suppress(OSError):
-            os.close(self._hold_w)
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
-        deadline = time.monotonic() + timeout
-        while True:
-            done, _ = os.waitpid(self.pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"holder {self.pid} was not reaped")
-            time.sleep(0.005)
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"holder {self.pid} was not reaped") from None
+        finally:
+            for pipe in (self._proc.stdin, self._proc.stderr):
+                pipe.close()
         self.pid = -1
 
 
