@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import resource
 import select
@@ -579,18 +578,31 @@ def test_missing_cgroup_is_named(runner: Runner, v1_cgroups: dict[str, str]) -> 
     assert gone in str(e.value) and "No such file or directory" in str(e.value)
 
 
-def test_launch_given_up_midway_leaves_nothing(runtime: Runtime, unique: callable) -> None:
+def test_launch_given_up_midway_leaves_nothing(runtime: Runtime, unique: callable,
+                                               v2_cgroup: str) -> None:
+    # Born in a frozen cgroup, the init cannot answer its spec however fast this machine
+    # is, so the steps must come to wait for the workload's exec: the caller gives up
+    # there, with the init alive and holding its spec.
+    with open(f"{v2_cgroup}/cgroup.freeze", "w") as f:
+        f.write("1")
     before = host_state()
-    steps = runtime.launch(ContainerSpec(name=unique(), command=SLEEP))
-    sock = next(steps)  # the fork server's answer: the init's pid
-    assert select.select([sock], [], [], 10)[0]
-    # Stopped, the init cannot answer its spec however fast this machine is: the
-    # steps must wait for it, and that is where the caller gives up.
-    os.kill(json.loads(sock.recv(65536, socket.MSG_PEEK))["pid"], signal.SIGSTOP)
-    sock = steps.send(None)  # the init has its spec; next would come the workload's pid
+    steps = runtime.launch(ContainerSpec(name=unique(), command=SLEEP,
+                                         cgroup_procs=(f"{v2_cgroup}/cgroup.procs",)))
+    sock = next(steps)
+    for _ in range(10):
+        waiting_in = steps.gi_yieldfrom.gi_yieldfrom.gi_code.co_name  # type: ignore[union-attr]
+        if waiting_in == "_exec_of":
+            break
+        assert select.select([sock], [], [], 10)[0], f"no answer while in {waiting_in}"
+        sock = steps.send(None)
+    assert waiting_in == "_exec_of"
+    with open(f"{v2_cgroup}/cgroup.procs") as f:
+        assert len(f.read().split()) == 1  # the init, frozen
     with pytest.raises(KeyboardInterrupt):
         steps.throw(KeyboardInterrupt())
     assert host_state() == before
+    with open(f"{v2_cgroup}/cgroup.procs") as f:
+        assert f.read() == ""  # the init was killed and reaped, frozen as it was
 
 
 def test_a_dead_fork_server_is_replaced(unique: callable) -> None:
