@@ -258,7 +258,7 @@ def test_a_stop_answers_when_done_though_a_start_came_meanwhile(daemon: Daemon) 
     assert daemon.api("POST", "/v1/start", {"names": [daemon.name("a")]})[0] == 200
     stopping.join(30)
     (status, _), took = answers[0]
-    assert status == 200 and took < 3, took
+    assert status == 200 and took < 10, took  # ~0.5 s; with the bug, 13 s
     again = daemon.wait_state("a", "RUNNING")
     assert again["pid"] != first
     assert daemon.stop() == 0
