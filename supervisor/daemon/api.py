@@ -42,6 +42,8 @@ log = structlog.get_logger("nsvisord.api")
 Handler = Callable[..., Awaitable[Any]]
 
 
+_ALL = 1_000_000  # a count of events larger than the bus ever keeps
+
 class ApiServer:
     def __init__(self, supervisor: Supervisor) -> None:
         self.sup = supervisor
@@ -256,10 +258,10 @@ class ApiServer:
 
     async def events(self, request: Request, stream: SocketStream) -> Any:
         bus = self.sup.events
-        kept = bus.recent.maxlen or 0
+        # More than are kept means all of them: a client need not know how many that is.
         if not request.flag("follow"):
-            return {"events": bus.last(request.count("recent", kept, kept))}
-        n = request.count("recent", 0, kept)
+            return {"events": bus.last(request.count("recent", _ALL, _ALL))}
+        n = request.count("recent", 0, _ALL)
         # Subscribed before the head is sent, and the recent ones taken in the same step:
         # a client that has read the head misses no event, and sees none twice.
         with bus.subscribe() as receive:
