@@ -113,7 +113,10 @@ class V1Env:
         p = subprocess.Popen(["/bin/sh", "-c", _JOIN, "sh", *argv], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.children.append(p)
-        wait_for(lambda: p.pid in cg.pids() or p.poll() is not None, "child to join cgroup", 5)
+        def joined_every_hierarchy() -> bool:  # the shell joins them one at a time
+            return all(str(p.pid) in Path(f).read_text().split() for f in cg.procs_files())
+        wait_for(lambda: joined_every_hierarchy() or p.poll() is not None,
+                 "child to join cgroup", 5)
         assert p.poll() is None or p.returncode != 97, "child could not join the cgroup"
         return p
 
