@@ -328,7 +328,10 @@ def test_dashboards_show_live_data_from_a_real_prometheus(daemon: Daemon) -> Non
         while time.monotonic() < deadline:
             icmp_echo(web_now, "10.232.9.2", timeout=0.5)
             time.sleep(0.5)
-        assert prom.value(f'up{{instance="{target}"}}') == 1
+        # rate() over RATE_INTERVAL needs two samples in it: ask for three good scrapes
+        # (a loaded machine may have missed some of the last ones).
+        wait_for(lambda: prom.value(f'sum_over_time(up{{instance="{target}"}}'
+                                    f'[{RATE_INTERVAL}])') >= 3, 30, "three recent scrapes")
 
         # every panel's expressions and every variable query return data
         web, burner, hog = daemon.name("web"), daemon.name("burner"), daemon.name("hog")
