@@ -222,7 +222,7 @@ def test_every_family_with_labels_and_sane_values(daemon: Daemon) -> None:
     cpu = "container_cpu_usage_seconds_total"
     assert second.one(cpu, name=busy, cpu="total") > first.one(cpu, name=busy, cpu="total")
     assert second.one(cpu, name=busy, cpu="total") - first.one(cpu, name=busy, cpu="total") \
-        > 0.2, "a busy loop burns most of a core"
+        > 0.1, "a busy loop burns CPU (most of a core; less on a loaded machine)"
     for c in (busy, idle):
         assert second.one("container_memory_usage_bytes", name=c) > 0
         assert second.one("container_memory_working_set_bytes", name=c) > 0
