@@ -21,6 +21,13 @@ CGROUP_ROOTS = [f"/sys/fs/cgroup/{c}/nsvisor" for c in ("memory", "pids", "cpu",
                                                          "freezer")]
 
 
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 10, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -156,6 +163,12 @@ class Daemon:
 
     # --- cleanup -----------------------------------------------------------------
 
+    def _in_my_cgroups(self, pid: int) -> bool:
+        try:
+            return f"/nsvisor/{self.prefix}-" in Path(f"/proc/{pid}/cgroup").read_text()
+        except OSError:
+            return False
+
     def cleanup(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.remember_pids()
@@ -166,11 +179,16 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait(10)
         self.remember_pids()
-        for pid in self.seen_pids:  # inits a crashed daemon left behind
+        # Inits a crashed daemon left behind: killed if in this test's cgroups, reaped if
+        # they are ours. A pid in a state file may be another process's now, or a number
+        # from another PID namespace (a daemon run inside one records the pids it sees).
+        running = [pid for pid in self.seen_pids if self._in_my_cgroups(pid)]
+        for pid in running:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        left = running + [pid for pid in self.seen_pids if _parent(pid) == os.getpid()]
         deadline = time.monotonic() + 10
-        for pid in self.seen_pids:
+        for pid in left:
             # Orphaned inits come to this process (the tests' runtime made it a
             # subreaper): reap them, else they stay zombies.
             while time.monotonic() < deadline:

@@ -662,7 +662,10 @@ def test_daemon_as_pid1_reaps_orphans(daemon: Daemon, tmp_path: Path) -> None:
                  "the orphans reaped")
         assert alive(ns_pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
+        # nsvisord itself: unshare ignores SIGTERM while it waits for its child.
+        inner = _child_of(proc.pid)
+        if inner is not None:
+            os.kill(inner, signal.SIGTERM)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
