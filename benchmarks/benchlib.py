@@ -30,6 +30,16 @@ def summarize(values: list[float]) -> dict:
             "max": ordered[-1], "n": len(ordered)}
 
 
+def in_container_of(pid: int, prefix: str) -> bool:
+    """Whether ``pid`` runs in the cgroup of a container named ``prefix...``: a pid
+    remembered from a state file is only killed when it is still one of ours."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return f"/nsvisor/{prefix}" in f.read()
+    except OSError:
+        return False
+
+
 def reap_strays() -> int:
     """Reap children nobody waited for (orphans adopted by us as a subreaper); how many.
     The callers have put the repository on ``sys.path``."""

@@ -48,7 +48,13 @@ import tempfile
 import time
 from typing import Any
 
-from benchlib import DEFAULT_SV_VENV, BenchError, ensure_supervisord, summarize
+from benchlib import (
+    DEFAULT_SV_VENV,
+    BenchError,
+    ensure_supervisord,
+    in_container_of,
+    summarize,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_BIN = os.path.join(REPO, ".venv", "bin")
@@ -234,7 +240,7 @@ def wait_all(daemons: list[Any], n: int) -> float:
 
 
 def is_sleeper(pid: int) -> bool:
-    """Still alive as one of ours: a container init or a ``sleep 1000``."""
+    """Still alive as one of supervisord's programs here: a ``sleep 1000``."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmd = f.read()
@@ -242,7 +248,7 @@ def is_sleeper(pid: int) -> bool:
             state = f.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return False
-    return state != "Z" and (b"sleep\x001000" in cmd or cmd.startswith(b"nsv-init"))
+    return state != "Z" and b"sleep\x001000" in cmd
 
 
 # ---------------------------------------------------------------- timing
@@ -369,7 +375,7 @@ def run(n: int, runs: int, sv_venv: str) -> dict:
         res["cleanup"] = {"nsvisord_exit": ns.stop(), "supervisord_exit": sv.stop()}
         res["nsvisord_warnings"] = ns.problems()
         for pid in sorted(ns.pids | sv.pids):
-            if is_sleeper(pid):
+            if in_container_of(pid, f"cs{RUN}-") if pid in ns.pids else is_sleeper(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 killed.append(pid)

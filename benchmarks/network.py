@@ -48,7 +48,7 @@ import threading
 import time
 from typing import Any
 
-from benchlib import BenchError, reap_strays, summarize
+from benchlib import BenchError, in_container_of, reap_strays, summarize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -259,9 +259,10 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 code = self.proc.wait(10)
-        for pid in self.pids:  # only inits a killed daemon left behind are still there
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        for pid in self.pids:  # inits a killed daemon left behind, in our cgroups
+            if in_container_of(pid, PREFIX):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         return code
 
 
