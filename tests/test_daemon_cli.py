@@ -17,6 +17,8 @@ def test_defaults_and_every_option_spelling() -> None:
     assert parse_args(["--config=b.toml", "--log-level=error"]) == \
         Options("b.toml", "error", None)
     assert parse_args(["-cc.toml"]).config == "c.toml"
+    assert parse_args(["-t"]).check and parse_args(["--check"]).check
+    assert not parse_args([]).check
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -37,7 +39,8 @@ def test_bad_command_line_is_named_and_exits_2(argv, message, capsys) -> None:
 def test_help_exits_0_and_lists_every_option(capsys) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for option in ("--config FILE", "--log-level LEVEL", "--log-file PATH", "--help"):
+    for option in ("--config FILE", "--check", "--log-level LEVEL", "--log-file PATH",
+                   "--help"):
         assert option in out
     assert max(len(line) for line in out.splitlines()) <= 90  # fits a terminal
 
@@ -46,6 +49,24 @@ def test_a_missing_config_file_is_named(tmp_path, capsys) -> None:
     missing = tmp_path / "nope.toml"
     assert main(["-c", str(missing)]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_check_validates_the_config_and_touches_nothing(tmp_path, capsys) -> None:
+    state = tmp_path / "state"
+    good = tmp_path / "good.toml"
+    good.write_text(f'[supervisor]\nstate_dir = "{state}"\nsocket = "{tmp_path}/s.sock"\n'
+                    '[networks.lab]\ndriver = "bridge"\nsubnet = "10.99.0.0/24"\n'
+                    '[containers.a]\ncommand = ["/bin/true"]\nnetworks = ["lab"]\n')
+    assert main(["--check", "-c", str(good)]) == 0
+    assert capsys.readouterr().out == f"nsvisord: {good}: valid, 1 container, 1 network\n"
+    assert not state.exists() and not (tmp_path / "s.sock").exists()
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[containers.a]\ncommand = ["/bin/true"]\nrestart = "sometimes"\n')
+    assert main(["-t", "-c", str(bad)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.count("\n") == 1
+    assert out.err.startswith(f"nsvisord: {bad}") and "containers.a.restart" in out.err
 
 
 def test_parsing_does_not_load_shutil() -> None:

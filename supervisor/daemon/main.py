@@ -24,13 +24,14 @@ from .supervisor import Supervisor
 
 DEFAULT_CONFIG = "/etc/nsvisor/nsvisor.toml"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-USAGE = "usage: nsvisord [-c FILE] [--log-level LEVEL] [--log-file PATH]"
+USAGE = "usage: nsvisord [-c FILE] [--check] [--log-level LEVEL] [--log-file PATH]"
 HELP = f"""{USAGE}
 
 nsvisor's daemon: supervises the containers of a TOML config until SIGTERM or SIGINT.
 
 options:
   -c, --config FILE  the TOML config (default {DEFAULT_CONFIG})
+  -t, --check        check the config file and exit: 0 if it is valid
   --log-level LEVEL  {", ".join(LOG_LEVELS)} (default info)
   --log-file PATH    append the daemon's log here (reopened on SIGUSR2) instead of stderr
   -h, --help         show this help and exit
@@ -42,6 +43,7 @@ class Options(NamedTuple):
     config: str = DEFAULT_CONFIG
     log_level: str = "info"
     log_file: str | None = None
+    check: bool = False
 
 
 class UsageError(Exception):
@@ -55,8 +57,8 @@ def parse_args(argv: list[str]) -> Options | None:
     and lzma - 0.8 MiB the daemon would carry for as long as it runs.
     """
     try:
-        pairs, rest = getopt.getopt(argv, "hc:", ["help", "config=", "log-level=",
-                                                  "log-file="])
+        pairs, rest = getopt.getopt(argv, "hc:t", ["help", "config=", "check", "log-level=",
+                                                   "log-file="])
     except getopt.GetoptError as e:
         raise UsageError(str(e)) from None
     if rest:
@@ -67,6 +69,8 @@ def parse_args(argv: list[str]) -> Options | None:
             return None
         if name in ("-c", "--config"):
             options = options._replace(config=value)
+        elif name in ("-t", "--check"):
+            options = options._replace(check=True)
         elif name == "--log-level":
             if value not in LOG_LEVELS:
                 raise UsageError(f"--log-level {value!r}: choose {', '.join(LOG_LEVELS)}")
@@ -94,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nsvisord: cannot read {args.config}: {e.strerror} (use -c FILE)",
               file=sys.stderr)
         return 2
+    if args.check:  # what the file alone decides; the host (ports, rootfs) is for a start
+        print(f"nsvisord: {args.config}: valid, {_count(len(config.containers), 'container')}"
+              f", {_count(len(config.networks), 'network')}")
+        return 0
     if os.geteuid() != 0:
         print("nsvisord: must run as root (namespaces, mounts, cgroups)", file=sys.stderr)
         return 1
@@ -138,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         signals.close()
     log.info("exit")
     return 0
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _only_error(error: BaseException) -> BaseException:
