@@ -212,6 +212,8 @@ def test_events_follow_starts_with_the_recent_ones_then_misses_nothing(api) -> N
     ("POST", "/v1/signal", b'{"names": ["all"], "signal": "SIGNOPE"}', 400, "not a signal"),
     ("GET", "/v1/containers/{p}-web/logs?lines=x", b"", 400, "lines: must be a number"),
     ("GET", "/v1/events?follow=maybe", b"", 400, "is not a boolean"),
+    ("POST", "/v1/shutdown", b'{"leave_running": "yes"}', 400,
+     "leave_running: must be true or false"),
     ("GET", "/v1/events?follow=1&recent=x", b"", 400, "recent: must be a number"),
     ("GET", "/v1/events?recent=-1", b"", 400, "recent: must be between 0 and 1000000"),
     ("POST", "/v1/containers/{p}-web/exec", b'{"command": ["ls"]}', 400, "send exactly 3 fds"),

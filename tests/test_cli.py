@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import RUN_ID
-from .daemon_harness import Daemon, wait_for
+from .daemon_harness import Daemon, alive, wait_for
 
 pytestmark = pytest.mark.root
 _counter = iter(range(10_000))
@@ -470,3 +470,14 @@ def test_reload_then_shutdown(own: Ctl) -> None:
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
         s.connect(own.sock)
         pytest.fail("nothing may answer on the socket after shutdown")
+
+
+def test_shutdown_leave_running_then_a_new_nsvisord_takes_over(own: Ctl) -> None:
+    pid = own.status("web")["pid"]
+    out = own("shutdown", "--leave-running")
+    assert (out.returncode, out.stdout) == (0, "Shut down; containers left running\n")
+    assert own.d.proc.wait(30) == 0 and alive(pid)
+    assert own("status").returncode == 4
+    own.d.start()
+    wait_for(lambda: own.d.events("re-adopted", "web"), 10, "re-adoption")
+    assert own.status("web")["pid"] == pid

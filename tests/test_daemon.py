@@ -643,6 +643,21 @@ def test_a_config_edited_while_the_daemon_was_down_applies_at_its_start(
     assert daemon.stop() == 0
 
 
+def test_a_shutdown_of_the_other_kind_than_the_one_begun_is_refused(daemon: Daemon) -> None:
+    daemon.write_config('[containers.{p}-slow]\n'
+                        'command = ["/bin/sh", "-c", "trap \'sleep 1; exit 0\' TERM; '
+                        'while :; do sleep 0.1; done"]\nstartsecs = 0\n')
+    daemon.start()
+    pid = daemon.wait_state("slow", "RUNNING")["pid"]
+    assert daemon.api("POST", "/v1/shutdown")[0] == 200  # stops everything: takes ~1 s
+    daemon.wait_state("slow", "STOPPING")
+    status, answer = daemon.api("POST", "/v1/shutdown", {"leave_running": True})
+    assert status == 409
+    assert answer["error"] == "nsvisord is already shutting down, stopping its containers"
+    assert daemon.api("POST", "/v1/shutdown")[1]["ok"]  # the same again: fine
+    assert daemon.proc.wait(30) == 0 and not alive(pid)
+
+
 def test_daemon_as_pid1_reaps_orphans(daemon: Daemon, tmp_path: Path) -> None:
     daemon.write_config('[containers.{p}-x]\ncommand = ["/bin/sleep", "1000"]\nstartsecs = 0\n')
     # nsvisord as pid 1 of a fresh PID namespace (with its own /proc).

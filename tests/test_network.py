@@ -417,6 +417,35 @@ def test_networks_survive_a_daemon_crash(daemon: Daemon) -> None:
     assert daemon.state("web")["pid"] == pid
 
 
+def test_a_shutdown_leaving_containers_running_hands_them_to_the_next_nsvisord(
+        daemon: Daemon) -> None:
+    # For an upgrade of nsvisord: the services, their links and cgroups stay as they are.
+    lab, base = subnet()
+    daemon.write_config(f'[networks.{lab}]\ndriver = "bridge"\nsubnet = "{base}.0/24"\n\n'
+                        '[containers.{p}-web]\ncommand = ["/bin/sleep", "1000"]\n'
+                        f'startsecs = 0\nnetworks = ["{lab}"]\n')
+    daemon.start()
+    pid = daemon.wait_state("web", "RUNNING")["pid"]
+    addr = address(daemon, "web", lab)
+    links_before = host_links()
+    status, answer = daemon.api("POST", "/v1/shutdown", {"leave_running": True})
+    assert (status, answer) == (200, {"ok": True, "leave_running": True})
+    assert daemon.proc.wait(30) == 0
+    assert alive(pid) and host_links() == links_before
+    with open(f"/proc/{pid}/cgroup") as f:
+        assert f"/nsvisor/{daemon.name('web')}\n" in f.read()  # its cgroups, still there
+    assert icmp_echo(None, addr, 2.0)  # still on its bridge, through the host's gateway
+    assert daemon.events("leaving containers running")[0]["containers"] == [daemon.name("web")]
+    assert not daemon.events("all stopped")
+
+    daemon.start()
+    wait_for(lambda: daemon.events("re-adopted", "web"), 10, "re-adoption")
+    assert daemon.state("web")["pid"] == pid and daemon.state("web")["restarts"] == 0
+    assert len(daemon.events("spawned", "web")) == 1, "web was started again"
+    assert daemon.stop() == 0
+    assert not alive(pid) and f"nsv-{lab}" not in host_links()
+
+
 def _status(url: str) -> int | None:
     try:
         return urllib.request.urlopen(url, timeout=3).status

@@ -134,6 +134,9 @@ def _setup_pid(sp: Parser) -> None:
 def _setup_shutdown(sp: Parser) -> None:
     sp.add_argument("--no-wait", dest="wait", action="store_false", default=True,
                     help="do not wait for nsvisord to exit")
+    sp.add_argument("--leave-running", action="store_true",
+                    help="exit without stopping the containers (the next nsvisord "
+                         "re-adopts them: to upgrade nsvisord)")
 
 
 def _setup_exec(sp: Parser) -> None:
@@ -708,17 +711,20 @@ def confirm(ctx: Context, question: str) -> bool:
         return False
 
 
-@command("shutdown", "stop every container, then nsvisord")
+@command("shutdown", "stop every container, then nsvisord (or leave them running)")
 def cmd_shutdown(ctx: Context, args: argparse.Namespace) -> int:
-    if not confirm(ctx, "Really shut the remote nsvisord process down"):
+    leave = args.leave_running
+    question = ("Really shut the remote nsvisord process down, leaving its containers "
+                "running" if leave else "Really shut the remote nsvisord process down")
+    if not confirm(ctx, question):
         return EXIT_OK
-    answer = ctx.client.post("/v1/shutdown")
+    answer = ctx.client.post("/v1/shutdown", {"leave_running": leave} if leave else None)
     if args.wait:
         wait_gone(ctx.client.path)
     if ctx.json:
         ctx.dump(answer)
     else:
-        ctx.print("Shut down")
+        ctx.print("Shut down; containers left running" if leave else "Shut down")
     return EXIT_OK
 
 

@@ -322,8 +322,21 @@ class ApiServer:
         return {"ok": True}
 
     async def shutdown(self, request: Request, stream: SocketStream) -> Any:
+        leave = request.json().get("leave_running", False)
+        if not isinstance(leave, bool):
+            raise HTTPError(400, "leave_running: must be true or false")
+        if self.sup.shutdown_requested.is_set():
+            if leave != self.sup.leave_running:  # a stop of everything has begun, or not
+                raise HTTPError(409, "nsvisord is already shutting down, "
+                                + ("leaving" if self.sup.leave_running else "stopping")
+                                + " its containers")
+            return {"ok": True, "leave_running": leave}
+        self.sup.leave_running = leave
+        # Answered before the request takes effect: leaving exits at once, and would
+        # otherwise cancel this answer on its way.
+        await stream.send(response(200, {"ok": True, "leave_running": leave}))
         self.sup.shutdown_requested.set()
-        return {"ok": True}
+        return None
 
 
 async def _until_disconnect(stream: SocketStream, pump: Callable[[], Awaitable[None]]) -> None:

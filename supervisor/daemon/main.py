@@ -195,7 +195,10 @@ async def _serve(config, runtime: Runtime, reaper: Reaper, cgroups: CgroupManage
         tg.start_soon(_handle_signals, signals, supervisor, reaper)
         log.info("started", pid=os.getpid(), config=config.source)
         await supervisor.shutdown_requested.wait()
-        await supervisor.shutdown()
+        if supervisor.leave_running:
+            supervisor.leave()  # what is in flight is cancelled below, as a kill -9 would
+        else:
+            await supervisor.shutdown()
         tg.cancel_scope.cancel()
 
 

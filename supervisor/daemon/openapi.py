@@ -40,6 +40,10 @@ _EXEC = {"type": "object", "required": ["command"], "properties": {
     "tty": {"type": "boolean", "default": False},
     "env": {"type": "object", "additionalProperties": {"type": "string"}}},
     "description": "The caller's stdin, stdout and stderr go with the request as SCM_RIGHTS."}
+_SHUTDOWN = {"type": "object", "properties": {
+    "leave_running": {"type": "boolean", "default": False,
+                      "description": "exit without stopping the containers; the next "
+                                     "nsvisord on the state_dir re-adopts them"}}}
 
 _SUMMARIES: dict[str, tuple[str, dict | None, dict]] = {
     "version": ("nsvisord's version", None, {"type": "object"}),
@@ -71,7 +75,8 @@ _SUMMARIES: dict[str, tuple[str, dict | None, dict]] = {
     "avail": ("every container of the config file, active or not", None,
               {"type": "array"}),
     "reload": ("stop all, reread, start all", None, {"type": "object"}),
-    "shutdown": ("stop all and exit", None, {"type": "object"}),
+    "shutdown": ("stop all and exit (or leave them running)", _SHUTDOWN,
+                 {"type": "object"}),
 }
 
 
