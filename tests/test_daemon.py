@@ -237,12 +237,17 @@ def test_a_restart_whose_container_a_reload_removes_meanwhile_says_so(
     assert daemon.stop() == 0
 
 
+def _stops_slowly(name: str, seconds: float, loop: str = "0.1", extra: str = "") -> str:
+    """The config of a container that takes ``seconds`` to end after its SIGTERM."""
+    return (f'[containers.{{p}}-{name}]\n'
+            f'command = ["/bin/sh", "-c", "trap \'sleep {seconds}; exit 0\' TERM; '
+            f'while :; do sleep {loop}; done"]\nstartsecs = 0\n{extra}')
+
+
 def test_a_stop_answers_when_done_though_a_start_came_meanwhile(daemon: Daemon) -> None:
     # A start while it was STOPPING restarts the container the moment it stops; the stop
     # waited for a STOPPED it never saw, its full stop_timeout + 10 s.
-    daemon.write_config('[containers.{p}-a]\n'
-                        'command = ["/bin/sh", "-c", "trap \'sleep 0.5; exit 0\' TERM; '
-                        'while :; do sleep 0.1; done"]\nstartsecs = 0\nstop_timeout = "3s"\n')
+    daemon.write_config(_stops_slowly("a", 0.5, extra='stop_timeout = "3s"\n'))
     daemon.start()
     first = daemon.wait_state("a", "RUNNING")["pid"]
     answers: list = []
@@ -271,10 +276,7 @@ def test_a_start_during_a_reload_that_replaces_the_container_starts_nothing_old(
     # then dropped it still running - a container no unit owned - and started the new
     # one in the same cgroup, where the old one's cleanup killed it.
     def config(version: int) -> None:
-        daemon.write_config(
-            '[containers.{p}-a]\n'
-            'command = ["/bin/sh", "-c", "trap \'sleep 0.5; exit 0\' TERM; '
-            f'while :; do sleep 0.{version}; done"]\nstartsecs = 0\n')
+        daemon.write_config(_stops_slowly("a", 0.5, loop=f"0.{version}"))
 
     config(1)
     daemon.start()
@@ -644,9 +646,7 @@ def test_a_config_edited_while_the_daemon_was_down_applies_at_its_start(
 
 
 def test_a_shutdown_of_the_other_kind_than_the_one_begun_is_refused(daemon: Daemon) -> None:
-    daemon.write_config('[containers.{p}-slow]\n'
-                        'command = ["/bin/sh", "-c", "trap \'sleep 1; exit 0\' TERM; '
-                        'while :; do sleep 0.1; done"]\nstartsecs = 0\n')
+    daemon.write_config(_stops_slowly("slow", 1))
     daemon.start()
     pid = daemon.wait_state("slow", "RUNNING")["pid"]
     assert daemon.api("POST", "/v1/shutdown")[0] == 200  # stops everything: takes ~1 s
