@@ -311,7 +311,7 @@ def test_openapi_document_matches_what_is_served(api) -> None:
 def test_shutdown_route_stops_everything(api) -> None:
     d, call = api
     pids = [d.state(n)["pid"] for n in ("db", "web")]
-    assert call("POST", "/v1/shutdown")[1] == {"ok": True}
+    assert call("POST", "/v1/shutdown")[1] == {"ok": True, "leave_running": False}
     assert d.proc.wait(30) == 0
     assert not any(os.path.exists(f"/proc/{p}") for p in pids)
     assert not (d.tmp / "nsvisor.sock").exists()
