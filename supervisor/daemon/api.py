@@ -44,6 +44,7 @@ Handler = Callable[..., Awaitable[Any]]
 
 _ALL = 1_000_000  # a count of events larger than the bus ever keeps
 
+
 class ApiServer:
     def __init__(self, supervisor: Supervisor) -> None:
         self.sup = supervisor
@@ -333,9 +334,11 @@ class ApiServer:
             return {"ok": True, "leave_running": leave}
         self.sup.leave_running = leave
         # Answered before the request takes effect: leaving exits at once, and would
-        # otherwise cancel this answer on its way.
-        await stream.send(response(200, {"ok": True, "leave_running": leave}))
-        self.sup.shutdown_requested.set()
+        # otherwise cancel this answer on its way. A caller gone meanwhile changes nothing.
+        try:
+            await stream.send(response(200, {"ok": True, "leave_running": leave}))
+        finally:
+            self.sup.shutdown_requested.set()
         return None
 
 
