@@ -69,6 +69,32 @@ def test_check_validates_the_config_and_touches_nothing(tmp_path, capsys) -> Non
     assert out.err.startswith(f"nsvisord: {bad}") and "containers.a.restart" in out.err
 
 
+@pytest.mark.root
+def test_signals_are_blocked_before_the_daemon_imports_its_services(tmp_path) -> None:
+    # A SIGHUP (logrotate, a reload) or SIGTERM while nsvisord imported its services -
+    # 100-150 ms of its start - ended it half started: their default action. main()
+    # blocks them first; the signalfd reads them once the daemon runs.
+    config = tmp_path / "c.toml"
+    config.write_text(f'[supervisor]\nstate_dir = "{tmp_path}/state"\n'
+                      f'socket = "{tmp_path}/s.sock"\n')
+    code = (
+        "import signal, sys\n"
+        "class Stop:  # at the first heavy import: which one, and what is blocked then\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name in ('supervisor.daemon.serve', 'anyio', 'structlog'):\n"
+        "            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])\n"
+        "            print(name, sorted(s.name for s in blocked))\n"
+        "            sys.exit(0)\n"
+        "sys.meta_path.insert(0, Stop())\n"
+        "from supervisor.daemon.main import main\n"
+        f"main(['-c', {str(config)!r}])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    handled = sorted(["SIGCHLD", "SIGHUP", "SIGINT", "SIGTERM", "SIGUSR2"])
+    assert out == f"supervisor.daemon.serve {handled}\n"
+    assert not (tmp_path / "state").exists()  # nothing done before that
+
+
 def test_parsing_does_not_load_shutil() -> None:
     # argparse's help formatter imports shutil, zlib, bz2 and lzma: 0.8 MiB for the
     # daemon's lifetime (benchmarks/supervise.py compares its RSS with supervisord's).

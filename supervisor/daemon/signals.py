@@ -11,11 +11,16 @@ import os
 import signal
 from collections.abc import AsyncIterator
 
-import anyio
-
 from ..linux import libc
 
 HANDLED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
+
+
+def block() -> None:
+    """Block the signals nsvisord handles: they wait, queued, for the signalfd. The
+    daemon's main() calls it before its heavier imports (so this module imports anyio
+    only where it reads), for a SIGHUP or SIGTERM that comes while it starts."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
 
 
 class SignalReader:
@@ -25,7 +30,7 @@ class SignalReader:
         self.fd = -1
 
     def open(self) -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        block()
         # An inherited SIG_IGN for SIGCHLD would make the kernel auto-reap.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self.fd = libc.signalfd(HANDLED, libc.SFD_CLOEXEC | libc.SFD_NONBLOCK)
@@ -39,6 +44,8 @@ class SignalReader:
             self.fd = -1
 
     async def __aiter__(self) -> AsyncIterator[int]:
+        import anyio  # see block()
+
         size = libc.SIGNALFD_SIGINFO_SIZE
         while True:
             await anyio.wait_readable(self.fd)
