@@ -60,6 +60,7 @@ RELOADED = "changed or removed by a config reload meanwhile"
 OOM_KILLED = "OOMKilled"  # the exit reason of a container the OOM killer ended
 START_DURATIONS_KEPT = 4096  # launch latencies kept for the next scrape
 LAUNCH_TIMEOUT = 10.0  # from the launch request to the workload's exec
+LEAVE_WAIT = LAUNCH_TIMEOUT + 2  # a leave-running shutdown waits this long for launches
 EXIT_STATUS_TIMEOUT = 5.0  # from a pidfd turning readable to its exit status
 # Launches in flight at once; the others queue (in start order). A launch is mostly
 # waiting - for the fork server, for its container's setup - so a few dozen keep the
@@ -199,11 +200,17 @@ class Supervisor:
         await anyio.to_thread.run_sync(self._destroy_cgroups, list(self.units.values()))
         log.info("all stopped")
 
-    def leave(self) -> None:
+    async def leave(self) -> None:
         """Stop supervising and leave every container, network and cgroup as it is, for
         the next nsvisord on this state_dir to re-adopt: what a ``kill -9`` leaves, with
-        a clean exit (an upgrade of nsvisord without touching the services)."""
+        a clean exit (an upgrade of nsvisord without touching the services).
+
+        Launches under way finish first, so that their containers are saved and watched;
+        those still waiting for a launch slot are left to the next nsvisord to start."""
         self.shutting_down = True
+        with anyio.move_on_after(LEAVE_WAIT):
+            while self._launching:
+                await anyio.sleep(0.01)
         running = sorted(n for n, u in self.units.items() if u.container is not None)
         log.info("leaving containers running", count=len(running),
                  containers=running[:20], hint="the next nsvisord with this state_dir "
@@ -554,6 +561,8 @@ class Supervisor:
             async with self._launch_slots:
                 if unit.retiring or self.units.get(unit.name) is not unit:  # a reload
                     self._drop_spawn(unit)
+                    return
+                if self.leave_running:  # handed over as it is: the next nsvisord starts it
                     return
                 container, cgroup = await self._launch(unit)
         except (LaunchError, SpecError, CgroupError, OSError) as e:
