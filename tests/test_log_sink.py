@@ -3,7 +3,10 @@ writer, and what is written arrives whole and in order."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -87,3 +90,27 @@ def test_reopen_switches_files_in_line_order(tmp_path: Path) -> None:
     assert moved.read_text() == "".join(f"before {i}\n" for i in range(100))
     assert path.read_text() == "after\n"
     assert sink.dropped == 0
+
+
+def test_what_asyncio_reports_is_a_json_line_in_the_daemons_log(tmp_path: Path) -> None:
+    # A callback that raises inside the event loop: asyncio's default handler would
+    # print a bare traceback on stderr, among the daemon's JSON lines.
+    code = (
+        "import asyncio, json, sys\n"
+        "from supervisor.daemon import logs\n"
+        "from supervisor.daemon.serve import _log_loop_error\n"
+        f"logs.configure('info', {str(tmp_path / 'd.log')!r})\n"
+        "async def main():\n"
+        "    asyncio.get_running_loop().set_exception_handler(_log_loop_error)\n"
+        "    future = asyncio.get_running_loop().create_future()\n"
+        "    future.cancel()\n"
+        "    asyncio.get_running_loop().call_soon(future.set_result, None)\n"
+        "    await asyncio.sleep(0.05)\n"
+        "asyncio.run(main())\n"
+        "logs.drain()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    lines = [json.loads(line) for line in (tmp_path / "d.log").read_text().splitlines()]
+    assert [(x["event"], x["level"]) for x in lines] == [("event loop error", "warning")]
+    assert "InvalidStateError" in lines[0]["error"] and "set_result" in lines[0]["where"]
