@@ -1,15 +1,16 @@
-"""Soak nsvisord: random config edits, reloads, commands and kill -9s at once.
+"""Soak nsvisord: random config edits, reloads, commands, kill -9s and handovers at once.
 
     sudo .venv/bin/python scripts/soak.py [--rounds 40] [--seed N] [--no-crashes]
 
 One nsvisord on a generated config (up to 12 `sleep` containers, a bridge network, a
 veth pair, published ports, dependencies), rewritten at random; three clients send
 SIGHUPs, `update`, `reload`, `start`, `stop`, `restart` and SIGKILLs to workloads, while
-the daemon itself is killed with SIGKILL and started again every few seconds (live
-restore). At the end it must still answer, hold one init per running container, log no
-internal error, finish a SIGTERM with status 0 and leave no process, cgroup, link or
-file of the run. Exits 1 naming what went wrong. The bugs it found are regression tests
-in tests/test_daemon.py and tests/test_network.py; run it after touching the supervisor.
+the daemon itself is killed with SIGKILL, or shut down with `--leave-running`, and
+started again every few seconds (live restore). At the end it must still answer, hold one
+init per running container, log no internal error, finish a SIGTERM with status 0 and
+leave no process, cgroup, link or file of the run. Exits 1 naming what went wrong. The
+bugs it found are regression tests in tests/test_daemon.py, tests/test_network.py and
+tests/test_daemon_cli.py; run it after touching the supervisor.
 
 Traffic: none (containers only sleep); links and subnets are the run's own (10.254.x).
 """
@@ -161,6 +162,28 @@ class Soak:
             except OSError:
                 pass  # it exited meanwhile
 
+    def leave_running(self) -> None:
+        """``nsvisorctl shutdown --leave-running``: nsvisord must exit 0, at once."""
+        assert self.daemon is not None
+        for _ in range(50):  # a daemon started a moment ago may not listen yet
+            done = self.ctl("shutdown", "--leave-running")
+            if done is None or done.returncode != 4:
+                break
+            time.sleep(0.1)
+        try:
+            code = self.daemon.wait(CTL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.problems.append(f"shutdown --leave-running: nsvisord still ran after "
+                                 f"{CTL_TIMEOUT}s")
+            self.daemon.kill()
+            self.daemon.wait()
+            return
+        if done is None or done.returncode != 0 or code != 0:
+            said = done.stderr.strip() if done else "no answer"
+            self.problems.append(f"shutdown --leave-running: nsvisorctl "
+                                 f"{done.returncode if done else '-'} ({said}), "
+                                 f"nsvisord exit {code}")
+
     def run(self) -> int:
         print(f"soak seed {self.seed}, {self.rounds} rounds x 3 clients, run {self.tag}, "
               f"{'with' if self.crashes else 'without'} kill -9s of nsvisord", flush=True)
@@ -170,13 +193,17 @@ class Soak:
         clients = [threading.Thread(target=self.client, args=(k,)) for k in range(3)]
         for c in clients:
             c.start()
-        crashes = 0
+        crashes = handovers = 0
         while self.crashes and any(c.is_alive() for c in clients):
             time.sleep(self.rnd.uniform(2, 5))
             assert self.daemon is not None
-            self.daemon.kill()
-            self.daemon.wait()
-            crashes += 1
+            if self.rnd.random() < 0.5:
+                self.daemon.kill()
+                self.daemon.wait()
+                crashes += 1
+            else:
+                self.leave_running()
+                handovers += 1
             self.start_daemon()
         for c in clients:
             c.join()
@@ -189,7 +216,8 @@ class Soak:
         if internal:
             self.problems.append(f"{len(internal)} internal errors in the log, first: "
                                  f"{internal[0][:300]}")
-        print(f"{crashes} kill -9s of nsvisord; problems: {len(self.problems)}")
+        print(f"{crashes} kill -9s of nsvisord, {handovers} shutdowns leaving the containers "
+              f"running; problems: {len(self.problems)}")
         for p in self.problems:
             print(f"  - {p}")
         if not self.problems:
@@ -258,7 +286,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=40, help="commands per client (40)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (random)")
     parser.add_argument("--no-crashes", action="store_true",
-                        help="never kill -9 nsvisord itself")
+                        help="never kill -9 or restart nsvisord itself")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("soak: run as root (nsvisord needs it)", file=sys.stderr)
