@@ -63,6 +63,9 @@ class Soak:
         self.problems: list[str] = []
         self.write_lock = threading.Lock()
         self.daemon: subprocess.Popen | None = None
+        # Set once the daemon answers: the first ~50 ms of a Python process, before it runs
+        # nsvisord's code, no program can keep SIGHUP from ending it (README, known limits).
+        self.up = threading.Event()
         self.names = [f"s{self.tag}c{i}" for i in range(12)]  # cgroups of this run only
         self.links_before = set(host_links())
 
@@ -107,10 +110,22 @@ class Soak:
             os.replace(tmp, self.config)
 
     def start_daemon(self) -> None:
+        self.up.clear()
         with open(self.log, "ab") as err:
             self.daemon = subprocess.Popen(
                 [PY, "-m", "supervisor.daemon.main", "-c", self.config], stderr=err,
                 stdin=subprocess.DEVNULL, cwd=REPO)
+
+    def wait_up(self) -> None:
+        """Until nsvisord answers (it re-adopts, then listens); a problem after 30 s."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            done = self.ctl("version")
+            if done is not None and done.returncode == 0:
+                self.up.set()
+                return
+            time.sleep(0.05)
+        self.problems.append("nsvisord did not answer within 30 s of its start")
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess | None:
         try:
@@ -137,7 +152,7 @@ class Soak:
             target = rnd.choice([*self.names, "all"])
             if roll < 0.25:
                 self.write_config(rnd)
-                if self.daemon is not None:
+                if self.daemon is not None and self.up.is_set():
                     self.daemon.send_signal(signal.SIGHUP)
             elif roll < 0.4:
                 self.write_config(rnd)
@@ -189,7 +204,7 @@ class Soak:
               f"{'with' if self.crashes else 'without'} kill -9s of nsvisord", flush=True)
         self.write_config(self.rnd)
         self.start_daemon()
-        time.sleep(1.5)
+        self.wait_up()
         clients = [threading.Thread(target=self.client, args=(k,)) for k in range(3)]
         for c in clients:
             c.start()
@@ -205,6 +220,7 @@ class Soak:
                 self.leave_running()
                 handovers += 1
             self.start_daemon()
+            self.wait_up()
         for c in clients:
             c.join()
         time.sleep(3)  # restarts and backoffs settle
