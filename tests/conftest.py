@@ -7,6 +7,8 @@ import os
 import resource
 import secrets
 import select
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +62,12 @@ class Ran:
     status: ExitStatus
     stdout: str
     stderr: str
+
+
+def run_python(code: str, *, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter (this one), its output captured; bounded."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30, check=check)
 
 
 def read_until_eof(fd: int, timeout: float) -> bytes:

@@ -22,6 +22,8 @@ from supervisor.cli import main as cli
 from supervisor.cli.client import Client, Connection, ProtocolError
 from supervisor.cli.shell import Shell
 
+from .conftest import run_python
+
 # --------------------------------------------------------------------------- fake server
 
 
@@ -643,8 +645,7 @@ def test_shell_ends_on_eof(sock_path: str) -> None:
 def test_import_path_stays_light() -> None:
     code = ("import sys; import supervisor.cli.main as m; m.parse(['status']); "
             "print(' '.join(sorted(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=30, check=True).stdout.split()
+    out = run_python(code, check=True).stdout.split()
     for heavy in ("anyio", "structlog", "pyroute2", "prometheus_client", "readline",
                   "supervisor.daemon", "supervisor.runtime", "supervisor.model", "asyncio",
                   "shutil", "urllib.request", "http.client", "termios"):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from supervisor.daemon.main import DEFAULT_CONFIG, Options, UsageError, main, parse_args
+
+from .conftest import run_python
 
 
 def test_defaults_and_every_option_spelling() -> None:
@@ -88,8 +87,7 @@ def test_signals_are_blocked_before_the_daemon_imports_its_services(tmp_path) ->
         "sys.meta_path.insert(0, Stop())\n"
         "from supervisor.daemon.main import main\n"
         f"main(['-c', {str(config)!r}])\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=30, check=True).stdout
+    out = run_python(code, check=True).stdout
     handled = sorted(["SIGCHLD", "SIGHUP", "SIGINT", "SIGTERM", "SIGUSR2"])
     assert out == f"supervisor.daemon.serve {handled}\n"
     assert not (tmp_path / "state").exists()  # nothing done before that
@@ -102,8 +100,7 @@ def test_parsing_does_not_load_shutil() -> None:
             "parse_args(['-c', 'x']); "
             "print(sorted(m for m in ('argparse', 'shutil', 'zlib', 'lzma', 'bz2') "
             "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=30, check=True).stdout
+    out = run_python(code, check=True).stdout
     assert out.strip() == "[]"
 
 
@@ -116,6 +113,5 @@ def test_a_signal_that_comes_while_nsvisord_ends_does_not_cut_its_end_short() ->
             "os.kill(os.getpid(), signal.SIGTERM)  # nobody reads it any more\n"
             "r.close()\n"
             "print('last words', flush=True)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=30)
+    done = run_python(code)
     assert (done.returncode, done.stdout) == (0, "last words\n")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from supervisor.daemon.logs import LogSink
+
+from .conftest import run_python
 
 
 @pytest.fixture
@@ -108,8 +108,7 @@ def test_what_asyncio_reports_is_a_json_line_in_the_daemons_log(tmp_path: Path) 
         "    await asyncio.sleep(0.05)\n"
         "asyncio.run(main())\n"
         "logs.drain()\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=30)
+    done = run_python(code)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     lines = [json.loads(line) for line in (tmp_path / "d.log").read_text().splitlines()]
     assert [(x["event"], x["level"]) for x in lines] == [("event loop error", "warning")]
