@@ -533,8 +533,12 @@ def test_tail_and_events(sock_path: str, serve: Callable) -> None:
         1, "x\ny\n", "nsvisorctl: nsvisord ended the stream: it stopped or restarted, or "
         "this reader fell behind (run 'nsvisorctl tail -f web' again)\n")
     assert b"follow=1" in s.requests[-1][0]
-    s.handler = lambda d, f: [nd, b'{"time": 0, "type": "reload", "ok": true}\n']
+    long = {"time": 0, "type": "exited", "container": "w" * 60, "reason": "exit status 3"}
+    s.handler = lambda d, f: [nd, json.dumps(long).encode() + b'\n'
+                              b'{"time": 0, "type": "reload", "ok": true}\n']
     code, out, err = run(["-s", sock_path, "events", "-f"])
+    assert [len(line) <= 80 for line in out.splitlines()] == [True, True]  # a terminal's
+    assert out.splitlines()[0].endswith("...")
     assert (code, err) == (1, "nsvisorctl: nsvisord ended the stream: it stopped or "
                               "restarted, or this reader fell behind (run 'nsvisorctl "
                               "events -f' again)\n")

@@ -858,6 +858,9 @@ def cmd_top(ctx: Context, args: argparse.Namespace) -> int:
 
 @command("events", "recent events (-f: follow them)")
 def cmd_events(ctx: Context, args: argparse.Namespace) -> int:
+    def show(e: dict[str, Any]) -> None:  # a line of the terminal's width (--json: whole)
+        ctx.print(json.dumps(e) if ctx.json else truncate(fmt_event(e), ctx.width()))
+
     if not args.follow:
         recent = "" if args.lines is None else f"&recent={args.lines}"
         answer = ctx.client.get(f"/v1/events?follow=0{recent}")
@@ -865,13 +868,13 @@ def cmd_events(ctx: Context, args: argparse.Namespace) -> int:
             ctx.dump(answer)
             return EXIT_OK
         for e in (answer or {}).get("events", []):
-            ctx.print(truncate(fmt_event(e), max(ctx.width(), 40)))
+            show(e)
         return EXIT_OK
     recent = 10 if args.lines is None else args.lines
     stream = ctx.client.stream(f"/v1/events?follow=1&recent={recent}")
     try:
         for e in stream:
-            ctx.print(json.dumps(e) if ctx.json else fmt_event(e))
+            show(e)
             ctx.out.flush()
     except KeyboardInterrupt:
         return EXIT_OK
