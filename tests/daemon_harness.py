@@ -17,15 +17,10 @@ from typing import Any
 
 from supervisor.runtime.reaper import DEFAULT_REAPER
 
+from .conftest import process_table
+
 CGROUP_ROOTS = [f"/sys/fs/cgroup/{c}/nsvisor" for c in ("memory", "pids", "cpu", "cpuacct",
                                                          "freezer")]
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10, what: str = "") -> Any:
@@ -186,7 +181,8 @@ class Daemon:
         for pid in running:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        left = running + [pid for pid in self.seen_pids if _parent(pid) == os.getpid()]
+        mine = {pid for pid, _state, ppid in process_table() if ppid == os.getpid()}
+        left = running + [pid for pid in self.seen_pids if pid in mine]
         deadline = time.monotonic() + 10
         for pid in left:
             # Orphaned inits come to this process (the tests' runtime made it a
